@@ -1,0 +1,1 @@
+"""Module 3 of SynAlign: synthetic distribution alignment (MMD weights) and weighted resampling."""

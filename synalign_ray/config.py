@@ -1,0 +1,234 @@
+"""The one run configuration: pydantic models grouped by module, strict (unknown keys are errors).
+
+Load with `load_config(path, overrides)`: YAML first, then dotted `key=value` overrides from the command line.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+
+from synalign_ray.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Strict):
+    """Where the real rows come from and which columns hold text and label."""
+
+    path: str | None = Field(default=None, description="Parquet, JSONL or CSV file/folder; local or s3://")
+    format: Literal["auto", "parquet", "jsonl", "csv"] = "auto"
+    text_column: str = "text"
+    label_column: str | None = Field(default="label", description="null for unlabelled data")
+    sample_rows: PositiveInt | None = Field(default=None, description="seeded subsample of the input")
+    seed: int = 0
+
+
+class EmbeddingConfig(_Strict):
+    """Sentence-transformers encoder and the Ray Data actor pool that runs it."""
+
+    model: str = Field(default="all-MiniLM-L6-v2", description="packaged name, local folder, or ST model id")
+    batch_size: PositiveInt = 256
+    num_actors: PositiveInt = 1
+    num_cpus_per_actor: PositiveFloat = 1.0
+    num_gpus_per_actor: NonNegativeFloat = 0.0
+    device: str | None = Field(default=None, description="torch device; default cuda when a GPU is assigned")
+    max_seq_length: PositiveInt | None = None
+
+
+class SelectionConfig(_Strict):
+    """Exploration-aware sampling: GP uncertainty over the real embeddings (paper §3.2)."""
+
+    k: PositiveInt = 9
+    kernel: Literal["exponential", "rbf"] = "exponential"
+    tau: PositiveFloat | Literal["auto"] = "auto"
+    noise: PositiveFloat = 1.0
+    threshold: float = Field(default=0.05, gt=0.0, le=1.0)
+    max_groups: PositiveInt = 200
+    budget: Literal["average", "proportional"] = "proportional"
+    seed: int = 0
+
+
+class SamplingConfig(_Strict):
+    """vLLM sampling parameters shared by both prompting stages."""
+
+    temperature: NonNegativeFloat = 0.8
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0)
+    max_tokens: PositiveInt = 384
+    seed: int = 0
+
+
+class GenerationConfig(_Strict):
+    """Latent attribute reasoning on a pool of vLLM generator actors (paper §3.3)."""
+
+    preset: str = "sst2"
+    presets_file: str | None = Field(default=None, description="YAML file with user-defined presets")
+    mode: Literal["two_stage", "one_stage", "simprompt"] = "two_stage"
+    samples_per_summary: PositiveInt = 5
+    groups_per_batch: PositiveInt = 8
+    num_generators: PositiveInt = 1
+    max_in_flight: PositiveInt = 2
+    max_retries: NonNegativeInt = 2
+    model: str = Field(default="SmolLM2-135M-Instruct", description="packaged name or HF checkpoint folder")
+    sampling: SamplingConfig = SamplingConfig()
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict)
+    num_gpus_per_generator: NonNegativeFloat = 0.0
+    num_cpus_per_generator: PositiveFloat = 1.0
+    cpu_threads_bind: str = Field(default="auto", description="VLLM_CPU_OMP_THREADS_BIND on CPU generators")
+    cpu_kvcache_space_gib: PositiveInt = 2
+    dedup_near_threshold: float | None = Field(default=None, gt=0.0, le=1.0)
+
+
+class AlignmentConfig(_Strict):
+    """Synthetic distribution alignment: MMD weights and weighted resampling (paper §3.4)."""
+
+    features: Literal["linear", "rff"] = "rff"
+    projections: PositiveInt = 1000
+    weighting: Literal["mmd", "importance", "both"] = "mmd"
+    by_label: bool = True
+    size: PositiveInt | None = Field(default=None, description="rows to resample (ζ); default: synthetic count")
+    mix_real: bool = False
+    entropy: NonNegativeFloat = 0.0
+    max_weight: PositiveFloat | None = None
+    steps: PositiveInt = 500
+    learning_rate: PositiveFloat = 1.0
+    num_shards: PositiveInt = 1
+    seed: int = 0
+
+
+class StorageConfig(_Strict):
+    """S3 access; unset fields fall back to the standard AWS environment/config chain."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    access_key_id: SecretStr | None = None
+    secret_access_key: SecretStr | None = None
+    anon: bool = False
+    max_attempts: PositiveInt = Field(default=5, description="botocore retries (with backoff) per request")
+
+
+class OutputConfig(_Strict):
+    """Where results go: a local folder or s3://bucket/prefix."""
+
+    path: str = "synalign_output"
+    rows_per_part: PositiveInt = 50_000
+    overwrite: bool = False
+
+
+class ResourcesConfig(_Strict):
+    """How the driver reaches Ray: an existing cluster address, or a local instance of this size."""
+
+    ray_address: str | None = Field(default=None, description="'auto' for a cluster; null starts local Ray")
+    num_cpus: PositiveInt | None = None
+    object_store_memory_mb: PositiveInt | None = None
+    cache_dir: str | None = Field(default=None, description="model conversion cache; default ~/.cache/synalign_ray")
+
+
+class SynAlignConfig(_Strict):
+    """Everything one run needs; every section has defaults that run the local demo."""
+
+    data: DataConfig = DataConfig()
+    embedding: EmbeddingConfig = EmbeddingConfig()
+    selection: SelectionConfig = SelectionConfig()
+    generation: GenerationConfig = GenerationConfig()
+    alignment: AlignmentConfig = AlignmentConfig()
+    storage: StorageConfig = StorageConfig()
+    output: OutputConfig = OutputConfig()
+    resources: ResourcesConfig = ResourcesConfig()
+
+    @model_validator(mode="after")
+    def _check_cross_fields(self) -> "SynAlignConfig":
+        if self.data.label_column is not None and self.data.label_column == self.data.text_column:
+            raise ValueError("data.label_column must differ from data.text_column")
+        return self
+
+    def redacted(self) -> dict[str, Any]:
+        """A JSON-safe dump for manifests and logs: secrets stay masked."""
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<config>"
+        if e["type"] == "extra_forbidden":
+            parts.append(f"{key}: unknown config key")
+        else:
+            parts.append(f"{key}: {e['msg']}")
+    return "invalid config: " + "; ".join(parts)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into its key path and a YAML-typed value (`k=5` is an int, `x=null` is None)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.path=value")
+    key, raw = item.split("=", 1)
+    path = [p for p in key.strip().split(".")]
+    if not all(path):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set each dotted override into the nested dict; unknown keys are caught later by validation."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part} is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None = None) -> SynAlignConfig:
+    """Validate a nested dict (plus overrides) into a config, raising ConfigError that names the key."""
+    raw = apply_overrides(dict(raw or {}), list(overrides or []))
+    try:
+        return SynAlignConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SynAlignConfig:
+    """Read a YAML config file (optional) and apply dotted overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping of sections, got {type(loaded).__name__}")
+        raw = loaded
+    return build_config(raw, overrides)

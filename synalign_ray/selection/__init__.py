@@ -1,0 +1,1 @@
+"""Module 1 of SynAlign: exploration-aware sampling of demonstration groups (GP uncertainty)."""

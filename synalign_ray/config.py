@@ -104,10 +104,10 @@ class AlignmentConfig(_Strict):
     by_label: bool = True
     size: PositiveInt | None = Field(default=None, description="rows to resample (ζ); default: synthetic count")
     mix_real: bool = False
-    entropy: NonNegativeFloat = 0.0
-    max_weight: PositiveFloat | None = None
+    entropy: NonNegativeFloat = Field(default=0.0, description="λ of the KL(ω‖uniform) diversity term")
     steps: PositiveInt = 500
-    learning_rate: PositiveFloat = 1.0
+    learning_rate: PositiveFloat = Field(default=1.0, description="step in units of 1/L (L = 2·max‖φ‖² + λ)")
+    momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="heavy-ball momentum of the weight fit")
     num_shards: PositiveInt = 1
     seed: int = 0
 

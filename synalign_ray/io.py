@@ -126,13 +126,34 @@ def _s3_error(err: BaseException, loc: Location, storage: StorageConfig | None, 
     return StorageError(redact(msg, storage))
 
 
+def exists(loc: Location, storage: StorageConfig | None = None) -> bool:
+    """Whether the path exists; on S3 a missing bucket or dead endpoint is a StorageError, not False."""
+    if not is_s3(loc.url):
+        return bool(loc.fs.exists(loc.path))
+    bucket = loc.path.split("/", 1)[0]
+    try:
+        loc.fs.info(loc.path)
+        return True
+    except FileNotFoundError:
+        pass
+    except Exception as err:  # botocore/aiohttp raise many types; classify them into one message
+        raise _s3_error(err, loc, storage, "read") from None
+    try:
+        loc.fs.ls(bucket)
+    except FileNotFoundError:
+        raise StorageError(f"cannot read {loc.url}: S3 bucket '{bucket}' does not exist") from None
+    except Exception as err:
+        raise _s3_error(err, loc, storage, "read") from None
+    return False
+
+
 def check_writable(loc: Location, storage: StorageConfig | None = None) -> None:
     """Fail before any work when the output location cannot be written (bucket missing, endpoint down...)."""
     if is_s3(loc.url):
         bucket = loc.path.split("/", 1)[0]
         try:
-            if not loc.fs.exists(bucket):
-                raise StorageError(f"cannot write to {loc.url}: S3 bucket '{bucket}' does not exist")
+            # ls raises on a dead endpoint, where exists() would quietly answer False.
+            loc.fs.ls(bucket)
             probe = loc.join(".synalign_write_probe")
             loc.fs.pipe(probe.path, b"ok")
             loc.fs.rm(probe.path)
@@ -190,11 +211,7 @@ def read_table(path: str, fmt: str = "auto", storage: StorageConfig | None = Non
                columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet, JSONL or CSV file or folder (local or s3://) into one Arrow table, in file order."""
     loc = resolve(path, storage)
-    try:
-        found = loc.exists()
-    except Exception as err:
-        raise _s3_error(err, loc, storage, "read") from None
-    if not found:
+    if not exists(loc, storage):
         raise InputError(f"input not found: {loc.url}")
     fmt = _detect_format(loc.path, fmt, loc.fs)
     tables = []

@@ -92,15 +92,17 @@ def _file_digest(path: Path) -> str:
 def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     """Dequantise a GGUF checkpoint into a bf16 safetensors folder vLLM can load (config, tokenizer too)."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
     tmp = out_dir.with_name(out_dir.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
     log.info("converting %s to safetensors in %s (once)", gguf_path.name, out_dir)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
-    model = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
-                                                 torch_dtype=torch.bfloat16)
+    # dequantize=True unpacks the GGUF blocks into dense weights; a still-quantized model cannot be saved.
+    model = AutoModelForCausalLM.from_pretrained(
+        str(gguf_path.parent), gguf_file=gguf_path.name, dtype=torch.bfloat16,
+        quantization_config=GgufConfig(gguf_file=gguf_path.name, dequantize=True))
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     os.replace(tmp, out_dir)

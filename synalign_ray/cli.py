@@ -1,0 +1,75 @@
+"""`synalign` command line: one subcommand per stage plus `run` for the whole job.
+
+Usage: synalign <command> [--config FILE] [flags] [section.key=value ...]; `synalign <command> -h` for flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Callable
+
+from synalign_ray.config import SynAlignConfig, load_config
+from synalign_ray.errors import SynAlignError
+
+log = logging.getLogger("synalign_ray")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (sections: data, embedding, selection, generation, "
+                                    "alignment, storage, output, resources)")
+    p.add_argument("--output", help="output folder or s3://bucket/prefix (sets output.path)")
+    p.add_argument("--overwrite", action="store_true", help="replace a completed result at --output")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. embedding.batch_size=128")
+
+
+def _config(args: argparse.Namespace, extra: list[str]) -> SynAlignConfig:
+    overrides = list(extra) + list(args.overrides)
+    if args.output:
+        overrides.append(f"output.path={args.output}")
+    if args.overwrite:
+        overrides.append("output.overwrite=true")
+    return load_config(args.config, overrides)
+
+
+def _cmd_embed(args: argparse.Namespace) -> None:
+    from synalign_ray.pipeline import embed_stage
+
+    extra = [f"data.path={args.input}"] if args.input else []
+    manifest = embed_stage(_config(args, extra))
+    print(f"embedded {manifest['rows']} rows (dim {manifest['dim']}, {manifest['rows_per_second']} rows/s) "
+          f"-> {manifest['output']}")
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], None]]]:
+    parser = argparse.ArgumentParser(prog="synalign", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers: dict[str, Callable[[argparse.Namespace], None]] = {}
+
+    p = sub.add_parser("embed", help="embed real rows with the sentence-transformers actor pool")
+    p.add_argument("--input", help="Parquet/JSONL/CSV file or folder, local or s3:// (sets data.path)")
+    _add_common(p)
+    handlers["embed"] = _cmd_embed
+    return parser, handlers
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, handlers = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        handlers[args.command](args)
+    except SynAlignError as err:
+        print(f"synalign {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"synalign {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

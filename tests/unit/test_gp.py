@@ -1,0 +1,122 @@
+"""The incremental GP against gpytorch's ExactGP and against a from-scratch Cholesky, on real SST-2 embeddings."""
+
+from __future__ import annotations
+
+import gpytorch
+import numpy as np
+import pytest
+import torch
+from scipy.linalg import cho_factor, solve_triangular
+
+from synalign_ray.selection.gp import IncrementalGP, cross_kernel, lengthscale, median_pairwise_distance
+
+N_ROWS = 1500
+GROUP = 10
+
+
+@pytest.fixture(scope="module")
+def sst2(real_embeddings):
+    return real_embeddings("sst2_train.parquet", N_ROWS, 0)[1]
+
+
+def knn_groups(points: np.ndarray, n_groups: int, seed: int) -> list[np.ndarray]:
+    """Disjoint groups: a seeded anchor plus its GROUP-1 most cosine-similar unused rows (tight, near-duplicate-rich)."""
+    rng = np.random.default_rng(seed)
+    free = np.ones(points.shape[0], dtype=bool)
+    groups = []
+    for _ in range(n_groups):
+        anchor = rng.choice(np.flatnonzero(free))
+        others = np.flatnonzero(free & (np.arange(points.shape[0]) != anchor))
+        near = others[np.argsort(-(points[others] @ points[anchor]), kind="stable")[: GROUP - 1]]
+        group = np.concatenate([[anchor], near])
+        free[group] = False
+        groups.append(group)
+    return groups
+
+
+def gpytorch_kernel(kernel: str, tau: float):
+    base = gpytorch.kernels.MaternKernel(nu=0.5) if kernel == "exponential" else gpytorch.kernels.RBFKernel()
+    base.lengthscale = lengthscale(kernel, tau)
+    return base.double()
+
+
+def exact_gp_variance(points: np.ndarray, observed: np.ndarray, kernel: str, tau: float, noise: float) -> np.ndarray:
+    """gpytorch ExactGP posterior variance of the latent function, fixed hyperparameters, targets 0."""
+
+    class ZeroMeanGP(gpytorch.models.ExactGP):
+        def __init__(self, x, y, likelihood):
+            super().__init__(x, y, likelihood)
+            self.mean_module = gpytorch.means.ZeroMean()
+            self.covar_module = gpytorch_kernel(kernel, tau)
+
+        def forward(self, x):
+            return gpytorch.distributions.MultivariateNormal(self.mean_module(x), self.covar_module(x))
+
+    x_all = torch.from_numpy(points.astype(np.float64))
+    x_train = x_all[torch.from_numpy(observed)]
+    likelihood = gpytorch.likelihoods.GaussianLikelihood().double()
+    likelihood.noise = noise
+    model = ZeroMeanGP(x_train, torch.zeros(len(observed), dtype=torch.float64), likelihood).double()
+    model.eval()
+    likelihood.eval()
+    with torch.no_grad(), gpytorch.settings.fast_pred_var(False), gpytorch.settings.max_cholesky_size(10**6):
+        return model(x_all).variance.numpy()
+
+
+@pytest.mark.parametrize("kernel", ["exponential", "rbf"])
+def test_kernel_block_equals_gpytorch(sst2, kernel):
+    tau = 0.6
+    ours = cross_kernel(sst2[:40], sst2, kernel, tau)
+    x = torch.from_numpy(sst2.astype(np.float64))
+    with torch.no_grad():
+        ref = gpytorch_kernel(kernel, tau)(x[:40], x).to_dense().numpy()
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    assert np.allclose(np.diag(cross_kernel(sst2[:40], sst2[:40], kernel, tau)), 1.0)
+
+
+@pytest.mark.parametrize("kernel,tau,noise", [("exponential", 0.6, 1.0), ("rbf", 0.5, 0.1)])
+def test_variance_equals_exact_gp_after_1_5_50_groups(sst2, kernel, tau, noise):
+    gp = IncrementalGP(sst2, kernel, tau, noise)
+    groups = knn_groups(sst2, 50, seed=1)
+    for n_done, group in enumerate(groups, start=1):
+        gp.add(group)
+        if n_done in (1, 5, 50):
+            reference = exact_gp_variance(sst2, gp.observed, kernel, tau, noise)
+            np.testing.assert_allclose(gp.variance, reference, atol=1e-4)
+    # observing a row with noise σ² leaves at most σ²/(1+σ²), the single-observation posterior; more data only lowers it
+    assert gp.variance[gp.observed].max() <= noise / (1.0 + noise) + 1e-6
+
+
+def test_incremental_update_equals_full_recomputation(sst2):
+    kernel, tau, noise = "exponential", 0.6, 1e-2
+    gp = IncrementalGP(sst2, kernel, tau, noise)
+    rng = np.random.default_rng(3)
+    # groups of uneven size, mixing tight kNN groups with scattered random rows
+    groups = knn_groups(sst2, 12, seed=2)
+    groups += [g for g in np.split(rng.permutation(np.setdiff1d(np.arange(N_ROWS), np.concatenate(groups)))[:70],
+                                   [1, 8, 30])]
+    for group in groups:
+        gp.add(group)
+    observed = gp.observed
+    k_ss = cross_kernel(sst2[observed], sst2[observed], kernel, tau) + noise * np.eye(len(observed))
+    chol, _ = cho_factor(k_ss, lower=True)
+    v = solve_triangular(np.tril(chol), cross_kernel(sst2[observed], sst2, kernel, tau), lower=True)
+    np.testing.assert_allclose(gp.variance, 1.0 - (v * v).sum(axis=0), atol=1e-5)
+
+
+def test_variance_never_increases_and_starts_at_prior(sst2):
+    gp = IncrementalGP(sst2, "rbf", 0.5, 1.0)
+    assert np.array_equal(gp.variance, np.ones(N_ROWS))
+    previous = gp.variance.copy()
+    for group in knn_groups(sst2, 5, seed=4):
+        gp.add(group)
+        assert (gp.variance <= previous + 1e-7).all()
+        previous = gp.variance.copy()
+
+
+def test_median_pairwise_distance_equals_brute_force(sst2):
+    sample = 300
+    pick = np.sort(np.random.default_rng(5).choice(N_ROWS, size=sample, replace=False))
+    x = sst2[pick].astype(np.float64)
+    brute = [np.linalg.norm(x[i] - x[j]) for i in range(sample) for j in range(i + 1, sample)]
+    assert median_pairwise_distance(sst2, sample, seed=5) == pytest.approx(np.median(brute), abs=1e-9)

@@ -7,5 +7,177 @@ from __future__ import annotations
 import numpy as np
 
 # ------------------------------------------------------------------------------------- coverage (selection)
+# Rows per chunk of the real×real distance pass in knn_radii: bounds its scratch to CHUNK × N floats.
+_COVERAGE_CHUNK_ROWS = 2048
+
+
+def tsne_map(embeddings: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
+    """2-D t-SNE of the embeddings (scikit-learn, PCA init, seeded): the map the hull coverage is measured on."""
+    from sklearn.manifold import TSNE
+
+    x = np.asarray(embeddings, dtype=np.float32)
+    tsne = TSNE(n_components=2, perplexity=min(perplexity, (x.shape[0] - 1) / 3.0), init="pca", random_state=seed)
+    return tsne.fit_transform(x).astype(np.float64)
+
+
+def _hull(points: np.ndarray) -> tuple[np.ndarray, float]:
+    """Counter-clockwise hull vertices and area; collinear or repeated points give a segment or point, area 0."""
+    from scipy.spatial import ConvexHull, QhullError
+
+    try:
+        hull = ConvexHull(points)
+        return points[hull.vertices], float(hull.volume)
+    except (QhullError, ValueError):
+        centred = points - points.mean(axis=0)
+        direction = centred[np.argmax(np.einsum("ij,ij->i", centred, centred))]
+        along = centred @ direction
+        return points[np.unique([np.argmin(along), np.argmax(along)])], 0.0
+
+
+def _hulls_overlap(a: np.ndarray, b: np.ndarray) -> bool:
+    """Separating-axis test for two convex polygons (segments and points included): True unless an axis splits them."""
+    axes = [b.mean(axis=0) - a.mean(axis=0)]
+    for poly in (a, b):
+        edges = np.roll(poly, -1, axis=0) - poly
+        axes.extend(edges)
+        axes.extend(edges[:, ::-1] * np.array([1.0, -1.0]))
+    for axis in axes:
+        if not axis.any():
+            continue
+        pa_, pb_ = a @ axis, b @ axis
+        if pa_.max() < pb_.min() or pb_.max() < pa_.min():
+            return False
+    return True
+
+
+def convex_hull_coverage(points_2d: np.ndarray, anchors: np.ndarray, k: int) -> np.ndarray:
+    """The paper's convex-hull coverage curve (Appendix A.2.3), one value per sampling step.
+
+    Step i takes anchor i and its k nearest neighbours on the 2-D map (k-d tree), forms their convex hull and
+    merges it with every overlapping hull in the buffer (repeatedly, as a merged hull can reach new ones). The
+    value is the total area of the buffer's hulls over the area of the hull of all points.
+    """
+    from scipy.spatial import cKDTree
+
+    points = np.asarray(points_2d, dtype=np.float64)
+    total_area = _hull(points)[1]
+    if total_area <= 0.0:
+        raise ValueError("the points span no area: convex-hull coverage is undefined")
+    _, neighbours = cKDTree(points).query(points[np.asarray(anchors)], k=k + 1)
+    buffer: list[tuple[np.ndarray, float]] = []
+    curve = np.empty(len(anchors))
+    for step, group in enumerate(np.atleast_2d(neighbours)):
+        vertices, area = _hull(points[group])
+        merged = True
+        while merged:
+            merged = False
+            for j, (other, _) in enumerate(buffer):
+                if _hulls_overlap(vertices, other):
+                    buffer.pop(j)
+                    vertices, area = _hull(np.vstack([vertices, other]))
+                    merged = True
+                    break
+        buffer.append((vertices, area))
+        curve[step] = sum(a for _, a in buffer) / total_area
+    return curve
+
+
+def knn_radii(real: np.ndarray, k: int = 5) -> np.ndarray:
+    """Each real row's Euclidean distance to its k-th nearest other real row (chunked, O(chunk·N) memory)."""
+    x = np.asarray(real, dtype=np.float64)
+    if not 1 <= k < x.shape[0]:
+        raise ValueError(f"k must be in [1, {x.shape[0] - 1}] for {x.shape[0]} rows, got {k}")
+    sq_norm = np.einsum("ij,ij->i", x, x)
+    radii = np.empty(x.shape[0])
+    for start in range(0, x.shape[0], _COVERAGE_CHUNK_ROWS):
+        block = x[start:start + _COVERAGE_CHUNK_ROWS]
+        sq = sq_norm[start:start + block.shape[0], None] + sq_norm[None, :] - 2.0 * (block @ x.T)
+        sq[np.arange(block.shape[0]), np.arange(start, start + block.shape[0])] = -np.inf  # self sorts first
+        radii[start:start + block.shape[0]] = np.partition(sq, k, axis=1)[:, k]
+    return np.sqrt(np.maximum(radii, 0.0))
+
+
+def knn_radius_coverage(real: np.ndarray, selected: np.ndarray, k: int = 5, radii: np.ndarray | None = None) -> float:
+    """Share of real rows with a selected row inside their k-NN ball (the coverage of Naeem et al., 2020).
+
+    Deterministic and computed in embedding space; pass `radii` from knn_radii to reuse them across calls.
+    """
+    x = np.asarray(real, dtype=np.float64)
+    s = np.asarray(selected, dtype=np.float64)
+    if s.shape[0] == 0:
+        return 0.0
+    if radii is None:
+        radii = knn_radii(x, k)
+    s_sq = np.einsum("ij,ij->i", s, s)
+    covered = np.empty(x.shape[0], dtype=bool)
+    for start in range(0, x.shape[0], _COVERAGE_CHUNK_ROWS):
+        block = x[start:start + _COVERAGE_CHUNK_ROWS]
+        sq = np.einsum("ij,ij->i", block, block)[:, None] + s_sq[None, :] - 2.0 * (block @ s.T)
+        nearest = np.sqrt(np.maximum(sq.min(axis=1), 0.0))
+        covered[start:start + block.shape[0]] = nearest <= radii[start:start + block.shape[0]]
+    return float(covered.mean())
+
 
 # ------------------------------------------------------------------------- distribution distances (alignment)
+def median_pairwise_distance(x: np.ndarray, max_rows: int = 1000, seed: int = 0) -> float:
+    """Median Euclidean distance between distinct rows of a seeded subsample: the RBF bandwidth heuristic."""
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[0] < 2:
+        raise ValueError("the median heuristic needs at least 2 rows")
+    if x.shape[0] > max_rows:
+        x = x[np.random.default_rng(seed).choice(x.shape[0], size=max_rows, replace=False)]
+    sq = _squared_distances(x, x)
+    return float(np.sqrt(np.median(sq[np.triu_indices(x.shape[0], k=1)])))
+
+
+def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
+    return np.maximum(sq, 0.0)
+
+
+def mmd2_rbf(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None, seed: int = 0) -> float:
+    """Unbiased MMD² with k(a, b) = exp(-‖a-b‖² / (2ℓ²)); ℓ defaults to the median heuristic on x ∪ y."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    m, n = x.shape[0], y.shape[0]
+    if m < 2 or n < 2:
+        raise ValueError("unbiased MMD² needs at least 2 rows on each side")
+    if bandwidth is None:
+        bandwidth = median_pairwise_distance(np.vstack([x, y]), seed=seed)
+    gamma = 1.0 / (2.0 * bandwidth * bandwidth)
+    kxx = np.exp(-gamma * _squared_distances(x, x))
+    kyy = np.exp(-gamma * _squared_distances(y, y))
+    kxy = np.exp(-gamma * _squared_distances(x, y))
+    return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
+                 - 2.0 * kxy.mean())
+
+
+def wasserstein1(x: np.ndarray, y: np.ndarray) -> float:
+    """Exact Wasserstein-1 (Euclidean ground cost) between two equal-size uniform samples, by POT's EMD."""
+    import ot
+
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"exact Wasserstein-1 here takes equal-size samples, got {x.shape[0]} and {y.shape[0]}")
+    cost = np.sqrt(_squared_distances(x, y))
+    uniform = np.full(x.shape[0], 1.0 / x.shape[0])
+    return float(ot.emd2(uniform, uniform, cost, numItermax=10_000_000))
+
+
+def sliced_wasserstein(x: np.ndarray, y: np.ndarray, projections: int = 200, seed: int = 0) -> float:
+    """Sliced Wasserstein-2 over seeded random directions (POT)."""
+    import ot
+
+    return float(ot.sliced_wasserstein_distance(np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64),
+                                                n_projections=projections, seed=seed))
+
+
+def vocabulary_size(texts: list[str]) -> int:
+    """Distinct lower-cased whitespace tokens over all texts (the paper's Table 3 measure)."""
+    return len({tok for t in texts for tok in t.lower().split()})
+
+
+def duplicate_rate(texts: list[str]) -> float:
+    """Share of rows whose text repeats an earlier row."""
+    return 1.0 - len(set(texts)) / len(texts) if texts else 0.0

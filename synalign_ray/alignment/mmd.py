@@ -1,0 +1,309 @@
+"""Pure numeric core of synthetic distribution alignment (paper §3.4, eqs. 8–11): orthogonal projection features
+and simplex weights fitted by exponentiated gradient on ‖mean φ(E_ori) − Σ ω_j φ(e'_j)‖² + λ·KL(ω‖uniform).
+Imports neither Ray nor vLLM; the same shard/loop code runs in one process and across Ray actors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+import numpy as np
+
+from synalign_ray.metrics import median_pairwise_distance
+
+FeatureKind = Literal["linear", "rff"]
+# Rows per chunk keep one chunk of float32 features near 1 MiB, so the two matrix-vector products of a step
+# (gradient, then the new weighted sum) read it from cache instead of main memory.
+_CHUNK_BYTES = 1 << 20
+
+
+def orthogonal_directions(dim: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """(count, dim) unit directions, orthonormal within each block of ≤ dim rows (QR of a Gaussian matrix);
+    independent blocks when count exceeds dim."""
+    if dim <= 0 or count <= 0:
+        raise ValueError(f"need a positive dimension and projection count, got dim={dim}, count={count}")
+    blocks = []
+    remaining = count
+    while remaining > 0:
+        k = min(dim, remaining)
+        q, r = np.linalg.qr(rng.standard_normal((dim, k)))
+        # Fixing the signs by R's diagonal makes Q Haar-distributed rather than biased by the QR convention.
+        blocks.append((q * np.sign(np.diag(r))).T)
+        remaining -= k
+    return np.vstack(blocks)
+
+
+@dataclass(frozen=True)
+class FeatureMap:
+    """φ: linear θ·e (eq. 10), or orthogonal random Fourier features √(2/D)·cos(s·θ·e + b) with s ~ χ_d / ℓ,
+    whose inner products approximate the RBF kernel exp(−‖x−y‖²/(2ℓ²))."""
+
+    kind: FeatureKind
+    directions: np.ndarray
+    scales: np.ndarray
+    offsets: np.ndarray
+    bandwidth: float | None
+
+    @property
+    def size(self) -> int:
+        return int(self.directions.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.directions.shape[1])
+
+    def transform(self, emb: np.ndarray) -> np.ndarray:
+        """(n, d) embeddings -> (n, |Θ|) float32 features."""
+        z = np.asarray(emb, dtype=np.float32) @ self.directions.T.astype(np.float32)
+        if self.kind == "linear":
+            return z
+        z *= self.scales.astype(np.float32)
+        z += self.offsets.astype(np.float32)
+        np.cos(z, out=z)
+        z *= np.float32(np.sqrt(2.0 / self.size))
+        return z
+
+
+def make_feature_map(kind: FeatureKind, projections: int, real_emb: np.ndarray, seed: int) -> FeatureMap:
+    """Seeded feature map; rff takes its bandwidth ℓ from the median pairwise distance of the real rows."""
+    if kind not in ("linear", "rff"):
+        raise ValueError(f"unknown feature kind {kind!r}: use linear or rff")
+    rng = np.random.default_rng(seed)
+    dim = int(real_emb.shape[1])
+    directions = orthogonal_directions(dim, projections, rng)
+    if kind == "linear":
+        return FeatureMap("linear", directions, np.ones(projections), np.zeros(projections), None)
+    bandwidth = median_pairwise_distance(real_emb, seed=seed)
+    # Gaussian rows have χ_d-distributed norms; giving orthogonal directions those norms keeps the RBF kernel.
+    scales = np.sqrt(rng.chisquare(dim, size=projections)) / bandwidth
+    offsets = rng.uniform(0.0, 2.0 * np.pi, size=projections)
+    return FeatureMap("rff", directions, scales, offsets, bandwidth)
+
+
+def objective(weights: np.ndarray, features: np.ndarray, target: np.ndarray, entropy: float) -> float:
+    """‖target − featuresᵀω‖² + λ·Σ ω log(nω) for one group (ω on the simplex)."""
+    residual = features.T.astype(np.float64) @ weights - target
+    positive = weights > 0
+    kl = float(np.sum(weights[positive] * np.log(weights.size * weights[positive])))
+    return float(residual @ residual) + entropy * kl
+
+
+def objective_gradient(features: np.ndarray, residual: np.ndarray, log_weights: np.ndarray,
+                       entropy: float) -> np.ndarray:
+    """∂objective/∂ω_j = 2 φ_j·r + λ(log(nω_j) + 1), with r = featuresᵀω − target. The fit passes unnormalised
+    log-weights, off by one constant per group, which a mirror step on the simplex ignores."""
+    grad = 2.0 * (features @ residual.astype(features.dtype, copy=False))
+    if entropy:
+        return grad + entropy * (log_weights + 1.0)
+    return grad.astype(np.float64)
+
+
+@dataclass
+class ShardSums:
+    """One shard's per-group sums under its own shift m: Σu, Σu·a, Σu², Σu·φ with u = exp(a − m)."""
+
+    shift: np.ndarray
+    total: np.ndarray
+    log_moment: np.ndarray
+    square: np.ndarray
+    features: np.ndarray
+
+
+@dataclass
+class Totals:
+    """Shard sums combined: the weighted feature mean and what the objective and ESS need, per group."""
+
+    shift: np.ndarray
+    total: np.ndarray
+    mean: np.ndarray
+    ess: np.ndarray
+    neg_entropy: np.ndarray
+    shard_shares: np.ndarray
+
+    @property
+    def log_norm(self) -> np.ndarray:
+        """log Σ exp(a): a row's weight is exp(a_j − log_norm[group])."""
+        return self.shift + np.log(self.total)
+
+
+def combine(parts: list[ShardSums]) -> Totals:
+    """Reduce per-shard sums into global per-group totals (the driver's side of every iteration)."""
+    shifts = np.stack([p.shift for p in parts])
+    top = shifts.max(axis=0)
+    factor = np.where(np.isfinite(shifts), np.exp(shifts - top), 0.0)
+    total = sum(f * p.total for f, p in zip(factor, parts))
+    moment = sum(f * p.log_moment for f, p in zip(factor, parts))
+    square = sum(f * f * p.square for f, p in zip(factor, parts))
+    feats = sum(f[:, None] * p.features for f, p in zip(factor, parts))
+    log_norm = top + np.log(total)
+    return Totals(shift=top, total=total, mean=feats / total[:, None], ess=total * total / square,
+                  neg_entropy=moment / total - log_norm,
+                  shard_shares=factor * np.stack([p.total for p in parts]) / total)
+
+
+class WeightShard:
+    """A slice of synthetic rows (features grouped by label code) with their log-weights, plus a slice of real
+    rows reduced once to per-group feature sums. Plain class: used directly, or as a Ray actor's state."""
+
+    def __init__(self, syn_emb: np.ndarray, syn_groups: np.ndarray, real_emb: np.ndarray,
+                 real_groups: np.ndarray, feature_map: FeatureMap, num_groups: int):
+        self.num_groups = num_groups
+        self._order = np.argsort(syn_groups, kind="stable")
+        self._groups = np.asarray(syn_groups)[self._order]
+        self._features = feature_map.transform(np.asarray(syn_emb)[self._order]) if len(self._order) else \
+            np.zeros((0, feature_map.size), np.float32)
+        self._log_w = np.zeros(len(self._order))
+        self._velocity = np.zeros(len(self._order))
+        bounds = np.searchsorted(self._groups, np.arange(num_groups + 1))
+        step = max(16, _CHUNK_BYTES // (4 * feature_map.size))
+        self._chunks = [(g, lo, min(lo + step, bounds[g + 1]))
+                        for g in range(num_groups) for lo in range(bounds[g], bounds[g + 1], step)]
+        self._real_sums = np.zeros((num_groups, feature_map.size))
+        self._real_counts = np.bincount(np.asarray(real_groups, dtype=np.int64), minlength=num_groups)
+        for lo in range(0, len(real_groups), step):
+            hi = lo + step
+            one_hot = np.eye(num_groups, dtype=np.float32)[np.asarray(real_groups[lo:hi])]
+            self._real_sums += one_hot.T @ feature_map.transform(real_emb[lo:hi])
+
+    def real_sums(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._real_sums, self._real_counts
+
+    def group_sizes(self) -> np.ndarray:
+        return np.bincount(self._groups, minlength=self.num_groups)
+
+    def max_sq_norm(self) -> float:
+        return float((self._features.astype(np.float64) ** 2).sum(1).max()) if len(self._features) else 0.0
+
+    def sums(self) -> ShardSums:
+        return self._update(None)
+
+    def step(self, residual: np.ndarray, eta: float, entropy: float, momentum: float) -> ShardSums:
+        """One heavy-ball mirror-descent step on every row's log-weight (v ← βv − η∇, a ← a + v), fused with
+        the next iteration's sums so the features are read once per iteration."""
+        return self._update(residual, eta, entropy, momentum)
+
+    def _update(self, residual: np.ndarray | None, eta: float = 0.0, entropy: float = 0.0,
+                momentum: float = 0.0) -> ShardSums:
+        g_n, d = self.num_groups, self._features.shape[1]
+        shift = np.full(g_n, -np.inf)
+        total, moment, square = np.zeros(g_n), np.zeros(g_n), np.zeros(g_n)
+        feats = np.zeros((g_n, d))
+        for g, lo, hi in self._chunks:
+            phi = self._features[lo:hi]
+            a = self._log_w[lo:hi]
+            if residual is not None:
+                v = self._velocity[lo:hi]
+                v *= momentum
+                v -= eta * objective_gradient(phi, residual[g], a, entropy)
+                a += v
+            top = a.max()
+            if top > shift[g]:
+                # Online rescaling (as in a streaming softmax) keeps exp() in range without a second pass.
+                rescale = np.exp(shift[g] - top)
+                total[g] *= rescale
+                moment[g] *= rescale
+                square[g] *= rescale * rescale
+                feats[g] *= rescale
+                shift[g] = top
+            u = np.exp(a - shift[g])
+            total[g] += u.sum()
+            moment[g] += u @ a
+            square[g] += u @ u
+            feats[g] += u.astype(np.float32) @ phi
+        return ShardSums(shift, total, moment, square, feats)
+
+    def weights(self, log_norm: np.ndarray) -> np.ndarray:
+        """This shard's ω in its input row order (each group sums to its shard share, not 1)."""
+        out = np.empty(len(self._order))
+        out[self._order] = np.exp(self._log_w - log_norm[self._groups])
+        return out
+
+
+@dataclass
+class FitParams:
+    steps: int = 300
+    learning_rate: float = 1.0
+    entropy: float = 0.0
+    momentum: float = 0.0
+
+    def __post_init__(self):
+        if self.steps < 0 or self.learning_rate <= 0 or self.entropy < 0 or not 0 <= self.momentum < 1:
+            raise ValueError(f"invalid fit parameters {self}")
+
+
+@dataclass
+class FitResult:
+    """What a fit reports, per group and share-weighted over groups (shares = real label shares)."""
+
+    shares: np.ndarray
+    mmd_before: np.ndarray
+    mmd_after: np.ndarray
+    kl_after: np.ndarray
+    ess: np.ndarray
+    objective_history: list[float]
+    eta: float
+    totals: Totals
+    group_sizes: np.ndarray
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "objective": self.objective_history[-1],
+            "objective_start": self.objective_history[0],
+            "mmd_before": float(self.shares @ self.mmd_before),
+            "mmd_after": float(self.shares @ self.mmd_after),
+            "kl_to_uniform": float(self.shares @ self.kl_after),
+            "ess": float(self.ess.sum()),
+            "ess_per_group": self.ess.tolist(),
+            "mmd_before_per_group": self.mmd_before.tolist(),
+            "mmd_after_per_group": self.mmd_after.tolist(),
+            "step_size": self.eta,
+            **self.extra,
+        }
+
+
+ShardCall = Callable[..., list]
+
+
+def run_fit(call: ShardCall, params: FitParams) -> FitResult:
+    """The driver loop: reduce the real means, then per iteration gather every shard's weighted feature sums
+    (|Θ| numbers per group) and totals, form the residual and broadcast it. `call(method, *args)` runs a
+    WeightShard method on every shard and returns the results in shard order."""
+    real = call("real_sums")
+    real_sum = sum(r[0] for r in real)
+    real_count = sum(r[1] for r in real)
+    target = real_sum / real_count[:, None]
+    shares = real_count / real_count.sum()
+    sizes = sum(call("group_sizes"))
+    if np.any(sizes == 0) or np.any(real_count == 0):
+        raise ValueError("every group needs real and synthetic rows")
+    # Step 1/L for the L1-smoothness of the objective on the simplex: 2·max‖φ‖² for the data term, λ for KL.
+    eta = params.learning_rate / (2.0 * max(call("max_sq_norm")) + params.entropy)
+    if eta * params.entropy >= 1.0:
+        raise ValueError("learning_rate too large for the entropy weight: need learning_rate·λ < 2·max‖φ‖² + λ")
+    log_n = np.log(sizes)
+
+    def measure(totals: Totals) -> tuple[np.ndarray, np.ndarray]:
+        residual = totals.mean - target
+        return (residual * residual).sum(1), totals.neg_entropy + log_n
+
+    totals = combine(call("sums"))
+    before, kl = measure(totals)
+    history = [float(shares @ (before + params.entropy * kl))]
+    for _ in range(params.steps):
+        totals = combine(call("step", totals.mean - target, eta, params.entropy, params.momentum))
+        data, kl = measure(totals)
+        history.append(float(shares @ (data + params.entropy * kl)))
+    after, kl = measure(totals)
+    return FitResult(shares=shares, mmd_before=before, mmd_after=after, kl_after=kl, ess=totals.ess,
+                     objective_history=history, eta=eta, totals=totals, group_sizes=sizes)
+
+
+def fit_weights(real_emb: np.ndarray, real_groups: np.ndarray, syn_emb: np.ndarray, syn_groups: np.ndarray,
+                feature_map: FeatureMap, params: FitParams) -> tuple[np.ndarray, FitResult]:
+    """Single-process fit: one shard holding every row. Returns ω (each group sums to 1) and the report."""
+    num_groups = int(max(np.max(real_groups), np.max(syn_groups))) + 1
+    shard = WeightShard(syn_emb, syn_groups, real_emb, real_groups, feature_map, num_groups)
+    result = run_fit(lambda method, *args: [getattr(shard, method)(*args)], params)
+    return shard.weights(result.totals.log_norm), result

@@ -43,6 +43,26 @@ def _cmd_embed(args: argparse.Namespace) -> None:
           f"-> {manifest['output']}")
 
 
+def _cmd_select(args: argparse.Namespace) -> None:
+    from synalign_ray.pipeline import select_stage
+
+    manifest = select_stage(_config(args, []), args.input)
+    print(f"selected {manifest['groups']} demonstration groups from {manifest['real_rows']} rows "
+          f"-> {manifest['output']}")
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from synalign_ray.pipeline import generate_stage
+
+    extra = [f"data.path={args.input}"] if args.input else []
+    manifest = generate_stage(_config(args, extra), schedule_path=args.schedule)
+    tokens = manifest["tokens"]
+    print(f"generated {manifest['rows']} rows for {manifest['groups_done']}/{manifest['groups_total']} groups "
+          f"({len(manifest['failed_groups'])} failed, {manifest['duplicates_removed']} duplicates removed; "
+          f"output tokens stage1 {tokens['stage1']['completion']}, stage2 {tokens['stage2']['completion']}) "
+          f"-> {manifest['output']}")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], None]]]:
     parser = argparse.ArgumentParser(prog="synalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +72,18 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument("--input", help="Parquet/JSONL/CSV file or folder, local or s3:// (sets data.path)")
     _add_common(p)
     handlers["embed"] = _cmd_embed
+
+    p = sub.add_parser("select", help="GP exploration-aware selection of demonstration groups")
+    p.add_argument("--input", required=True, help="a `synalign embed` output folder")
+    _add_common(p)
+    handlers["select"] = _cmd_select
+
+    p = sub.add_parser("generate", help="two-stage LLM generation on the vLLM generator pool (resumable)")
+    p.add_argument("--input", help="real rows: Parquet/JSONL/CSV, local or s3:// (sets data.path)")
+    p.add_argument("--schedule", help="a `synalign select` output; without it the real rows are embedded and "
+                                      "the central tracker selects groups as generators ask for them")
+    _add_common(p)
+    handlers["generate"] = _cmd_generate
     return parser, handlers
 
 

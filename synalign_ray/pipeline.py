@@ -122,3 +122,206 @@ def read_embedded(path: str, cfg: SynAlignConfig) -> tuple[pa.Table, np.ndarray,
     if io.EMBEDDING not in table.column_names:
         raise InputError(f"{loc.url} has no '{io.EMBEDDING}' column")
     return table, io.embeddings_from_arrow(table.column(io.EMBEDDING), loc.url), manifest
+
+
+# ------------------------------------------------------------------------------------------------- generation
+
+SCHEDULE_COLUMNS = ("group_id", "label", "demo_row_ids")
+
+
+def read_schedule(path: str, cfg: SynAlignConfig) -> pa.Table:
+    """A `synalign select` output folder (or a plain Parquet file) with group_id, label, demo_row_ids."""
+    loc = io.resolve(path, cfg.storage)
+    if not io.exists(loc, cfg.storage):
+        raise InputError(f"schedule not found: {loc.url}")
+    manifest = io.read_manifest(loc) if loc.fs.isdir(loc.path) else None
+    table = io.read_parts(loc, manifest) if manifest is not None else io.read_table(path, "parquet", cfg.storage)
+    missing = [c for c in SCHEDULE_COLUMNS if c not in table.column_names]
+    if missing:
+        raise InputError(f"schedule {loc.url} lacks column(s) {missing}: is it a `synalign select` output?")
+    if table.num_rows == 0:
+        raise InputError(f"schedule {loc.url} has no groups")
+    return table
+
+
+def _groups_from_rows(rows: list[dict[str, Any]], texts: dict[int, str], done: set[int]) -> list:
+    from synalign_ray.generation.worker import Group
+
+    groups = []
+    for r in rows:
+        if r["group_id"] in done:
+            continue
+        ids = [int(i) for i in r["demo_row_ids"]]
+        groups.append(Group(int(r["group_id"]), r.get("label"), ids, [texts[i] for i in ids]))
+    return groups
+
+
+def _generation_fingerprint(cfg: SynAlignConfig, schedule_path: str | None) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues, or its rows would mix two configurations."""
+    return {"data": cfg.data.model_dump(mode="json"), "schedule": schedule_path,
+            "selection": None if schedule_path else cfg.selection.model_dump(mode="json"),
+            "generation": cfg.generation.model_dump(mode="json", exclude={"num_generators", "max_in_flight",
+                                                                         "num_gpus_per_generator",
+                                                                         "num_cpus_per_generator"})}
+
+
+def _check_resume(loc: io.Location, cfg: SynAlignConfig, fingerprint: dict[str, Any]) -> None:
+    from synalign_ray.generation.ledger import LEDGER_DIR
+
+    name = "run_config.json"
+    target = loc.join(LEDGER_DIR, name)
+    if loc.fs.exists(target.path):
+        with loc.fs.open(target.path, "rb") as fh:
+            import json
+
+            previous = json.loads(fh.read())
+        if previous != fingerprint:
+            changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint[k])
+            raise InputError(f"{loc.url} holds an unfinished generation run with a different config "
+                             f"(changed: {', '.join(changed)}); use another output path or output.overwrite=true")
+    else:
+        io.write_manifest(loc.join(LEDGER_DIR), fingerprint, cfg.storage, name=name)
+
+
+def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: pa.Table | None = None,
+                   embedded: pa.Table | None = None, pool: Any = None) -> dict[str, Any]:
+    """`synalign generate`: groups (from a schedule, or embed + the central tracker) -> generator pool -> parts.
+
+    Resumable: rerun with the same output path and only the groups not yet written are generated. A running
+    `GeneratorPool` of the same model may be passed in to skip engine start-up; it is left running.
+    """
+    from synalign_ray.generation.ledger import GenerationLedger
+    from synalign_ray.generation.prompts import load_preset, prompt_fingerprint
+    from synalign_ray.models import check_llm
+
+    g = cfg.generation
+    preset = load_preset(g.preset, g.presets_file)
+    real = real if real is not None else io.read_real_rows(cfg.data, cfg.storage)
+    schedule = read_schedule(schedule_path, cfg) if schedule_path else None
+    if schedule is not None:
+        known = set(real.column(io.ROW_ID).to_pylist())
+        unknown = {int(i) for ids in schedule.column("demo_row_ids").to_pylist() for i in ids} - known
+        if unknown:
+            raise InputError(f"schedule refers to {len(unknown)} row id(s) not in the input "
+                             f"(e.g. {sorted(unknown)[:3]}): was it built from another input?")
+    check_llm(g.model)
+    out = io.resolve(cfg.output.path, cfg.storage)
+    io.check_writable(out, cfg.storage)
+    if io.read_manifest(out) is not None:
+        if not cfg.output.overwrite:
+            raise InputError(f"{out.url} already holds a complete generation result ({io.MANIFEST}); "
+                             "set output.overwrite=true or choose another output path")
+        out.fs.rm(out.path, recursive=True)
+    fingerprint = _generation_fingerprint(cfg, schedule_path)
+    _check_resume(out, cfg, fingerprint)
+    ledger = GenerationLedger(out, cfg.storage)
+    done = ledger.done_groups
+    texts = dict(zip(real.column(io.ROW_ID).to_pylist(), real.column(cfg.data.text_column).to_pylist()))
+    t_start = time.monotonic()
+    timings: dict[str, float] = {}
+
+    with ray_session(cfg) as ray:
+        tracker = None
+        if schedule is not None:
+            rows = schedule.to_pylist()
+            total = len(rows)
+            cursor = {"at": 0}
+
+            def take(n: int) -> list[dict[str, Any]]:
+                batch = rows[cursor["at"]:cursor["at"] + n]
+                cursor["at"] += len(batch)
+                return batch
+        else:
+            from synalign_ray.selection.tracker import SelectionTracker
+
+            if embedded is None:
+                t0 = time.monotonic()
+                embedded = embed_rows(real, cfg, cfg.data.text_column)
+                timings["embed_real"] = time.monotonic() - t0
+            emb = io.embeddings_from_arrow(embedded.column(io.EMBEDDING))
+            labels = embedded.column(cfg.data.label_column).to_pylist() if cfg.data.label_column else None
+            ids = np.asarray(embedded.column(io.ROW_ID).to_numpy())
+            tracker = ray.remote(SelectionTracker).options(num_cpus=0).remote(emb, labels, ids, cfg.selection)
+            total = ray.get(tracker.progress.remote())["groups_planned"]
+
+            def take(n: int) -> list[dict[str, Any]]:
+                return ray.get(tracker.next_groups.remote(n))
+
+        def feed():
+            while True:
+                rows_ = take(g.groups_per_batch)
+                if not rows_:
+                    return
+                groups = _groups_from_rows(rows_, texts, done)
+                if groups:
+                    yield groups
+
+        from synalign_ray.generation.pool import GeneratorPool
+
+        own_pool = pool is None
+        if own_pool:
+            t0 = time.monotonic()
+            pool = GeneratorPool(g, cfg.resources.cache_dir)
+            timings["engine_start"] = time.monotonic() - t0
+        gen_t0 = time.monotonic()
+        log.info("generating for %d group(s) (%d already done), %s mode, preset %s", total, len(done), g.mode,
+                 preset.name)
+
+        def on_result(result) -> None:
+            entry = ledger.record(result.rows, result.group_ids, result.failures, result.tokens, result.seconds)
+            tot = ledger.totals()
+            elapsed = time.monotonic() - gen_t0
+            out_tokens = sum(t["completion"] for t in tot["tokens"].values())
+            log.info("groups %d/%d, rows %d, %.0f output tokens/s, failed groups %d, duplicates %d "
+                     "(batch %d: %d rows)", tot["groups_done"], total, tot["rows"], out_tokens / max(elapsed, 1e-9),
+                     len(tot["failed_groups"]), tot["duplicates_removed"], entry["seq"], entry["rows"])
+
+        try:
+            stats = pool.run(feed(), on_result, g, preset)
+        finally:
+            if own_pool:
+                pool.shutdown()
+        timings["generate"] = time.monotonic() - gen_t0
+        selection = ray.get(tracker.progress.remote()) if tracker is not None else None
+
+    totals = ledger.totals()
+    parts = totals.pop("parts")
+    manifest = {
+        "kind": "generated", "input": cfg.data.path, "schedule": schedule_path, "output": out.url,
+        "parts": parts, "rows": totals["rows"], **totals,
+        "groups_total": total, "model": g.model, "model_path": pool.info["model_path"], "mode": g.mode,
+        "preset": preset.name, "prompt_hash": prompt_fingerprint(preset, g.mode, g.samples_per_summary),
+        "pool": {"generators": g.num_generators, "batches_this_run": stats.batches,
+                 "busy_fraction": round(stats.busy_fraction, 4), "actor_replacements": stats.actor_replacements,
+                 "output_tokens_per_second": round(stats.completion_tokens / max(stats.wall_seconds, 1e-9), 1)},
+        "selection": selection, "timings": {k: round(v, 3) for k, v in timings.items()},
+        "seconds": round(time.monotonic() - t_start, 3), "config": cfg.redacted(), "synalign_version": _version(),
+    }
+    io.write_manifest(out, manifest, cfg.storage)
+    log.info("generated %d rows for %d group(s) in %.1f s -> %s", manifest["rows"], totals["groups_done"],
+             manifest["seconds"], out.url)
+    return manifest
+
+
+# -------------------------------------------------------------------------------------------------- selection
+
+
+def select_stage(cfg: SynAlignConfig, embedded_path: str) -> dict[str, Any]:
+    """`synalign select`: the whole GP selection schedule for a `synalign embed` output."""
+    from synalign_ray.selection.schedule import build_schedule
+
+    table, emb, manifest = read_embedded(embedded_path, cfg)
+    label_column = cfg.data.label_column
+    if label_column is not None and label_column not in table.column_names:
+        raise InputError(f"label column '{label_column}' not in {embedded_path} (set data.label_column=null "
+                         "to select without labels)")
+    out = io.resolve(cfg.output.path, cfg.storage)
+    io.prepare_output(out, cfg.output.overwrite, cfg.storage)
+    labels = table.column(label_column).to_pylist() if label_column else None
+    t0 = time.monotonic()
+    schedule = build_schedule(cfg.selection, emb, labels, table.column(io.ROW_ID).to_numpy())
+    seconds = time.monotonic() - t0
+    log.info("selected %d group(s) from %d rows in %.1f s (tau %.4g)", schedule.num_rows, table.num_rows, seconds,
+             schedule.column("tau")[0].as_py() if schedule.num_rows else float("nan"))
+    return write_table(schedule, out, cfg, {"kind": "schedule", "input": embedded_path, "groups": schedule.num_rows,
+                                            "real_rows": table.num_rows, "seconds": round(seconds, 3)})

@@ -1,0 +1,275 @@
+"""Prompts, presets, JSON schemas and output parsing for the two prompting stages (paper Figures 6 and 7).
+
+Pure: no vLLM, no Ray. Stage 1 summarises a demonstration group's key attributes as JSON; stage 2 writes n new
+samples from that summary. `one_stage` and `simprompt` are the paper's comparison modes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from synalign_ray.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    """What the data is and which attributes describe it; drives every prompt and schema."""
+
+    name: str
+    description: str
+    sample_noun: str
+    attributes: tuple[str, ...]
+    label_meanings: dict[str, str] = field(default_factory=dict)
+    samples_per_summary: int | None = None
+    instructions: tuple[str, ...] = ()
+
+    def label_text(self, label: str | None) -> str:
+        if label is None:
+            return ""
+        return self.label_meanings.get(label, label)
+
+
+PRESETS: dict[str, Preset] = {
+    "sst2": Preset(
+        name="sst2",
+        description="the SST-2 dataset of short movie review snippets labelled by sentiment",
+        sample_noun="movie review snippet",
+        attributes=("movie genre", "topic", "language habits", "review length"),
+        label_meanings={"positive": "positive sentiment", "negative": "negative sentiment"},
+        instructions=("Each snippet talks about a different movie of a similar genre.",
+                      "Keep the sentiment of the examples.",
+                      "Match the review length and language habits of the summary."),
+    ),
+    "agnews": Preset(
+        name="agnews",
+        description="the AG News dataset of news article titles and leads labelled by topic",
+        sample_noun="news article lead",
+        attributes=("news topic", "writing style", "news length", "subtopics", "location"),
+        label_meanings={"World": "world news", "Sports": "sports news", "Business": "business news",
+                        "Sci/Tech": "science and technology news"},
+        instructions=("Each article covers a different event within the same news topic.",
+                      "Use 1-2 of the subtopics for each article.",
+                      "Match the writing style and length of the summary."),
+    ),
+    "amazon": Preset(
+        name="amazon",
+        description="a dataset of Amazon product reviews labelled by product category",
+        sample_noun="product review",
+        attributes=("product information", "usage experience", "writing style", "review length",
+                    "language habits", "subtopics"),
+        instructions=("Each review describes a different product in the same category as the product info.",
+                      "Follow the usage experience, writing style and subtopics of the summary.",
+                      "Select only 1-2 subtopics for each review.",
+                      "Make each review unique, concise and distinct in language."),
+    ),
+    "queries": Preset(
+        name="queries",
+        description="search queries that users type into an app or item catalogue's search box",
+        sample_noun="search query",
+        attributes=("app or item name", "substrings", "typos", "language habits", "intent"),
+        instructions=("Each query looks for a different but similar app or item.",
+                      "Keep queries short, as users type them: fragments, substrings and occasional typos.",
+                      "Vary the wording; do not repeat a query."),
+    ),
+}
+
+
+def _preset_from_mapping(name: str, spec: Any, where: str) -> Preset:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"preset '{name}' in {where} must be a mapping")
+    allowed = {"description", "sample_noun", "attributes", "label_meanings", "samples_per_summary", "instructions"}
+    unknown = set(spec) - allowed
+    if unknown:
+        raise ConfigError(f"preset '{name}' in {where}: unknown key(s) {sorted(unknown)}")
+    attrs = spec.get("attributes") or []
+    if not isinstance(attrs, list) or not attrs or not all(isinstance(a, str) and a.strip() for a in attrs):
+        raise ConfigError(f"preset '{name}' in {where} needs a non-empty list of attributes")
+    if not isinstance(spec.get("description"), str) or not spec["description"].strip():
+        raise ConfigError(f"preset '{name}' in {where} needs a description")
+    n = spec.get("samples_per_summary")
+    if n is not None and (not isinstance(n, int) or n <= 0):
+        raise ConfigError(f"preset '{name}' in {where}: samples_per_summary must be a positive integer")
+    keys = [attribute_key(a) for a in attrs]
+    if len(set(keys)) != len(keys):
+        raise ConfigError(f"preset '{name}' in {where}: attributes must be distinct")
+    return Preset(name=name, description=spec["description"].strip(),
+                  sample_noun=str(spec.get("sample_noun", "sample")), attributes=tuple(attrs),
+                  label_meanings={str(k): str(v) for k, v in (spec.get("label_meanings") or {}).items()},
+                  samples_per_summary=n, instructions=tuple(spec.get("instructions") or ()))
+
+
+def load_preset(name: str, presets_file: str | None = None) -> Preset:
+    """A built-in preset, or one defined in the user's YAML file (which may also override built-ins)."""
+    if presets_file:
+        p = Path(presets_file)
+        if not p.is_file():
+            raise ConfigError(f"generation.presets_file not found: {p}")
+        try:
+            specs = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"generation.presets_file {p} is not valid YAML: {err}") from None
+        if not isinstance(specs, dict):
+            raise ConfigError(f"generation.presets_file {p} must map preset names to definitions")
+        if name in specs:
+            return _preset_from_mapping(name, specs[name], str(p))
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}': built-in presets are {sorted(PRESETS)}"
+                          + ("" if presets_file else "; define your own with generation.presets_file"))
+    return PRESETS[name]
+
+
+def attribute_key(attribute: str) -> str:
+    """JSON key for an attribute: 'movie genre' -> 'movie_genre'."""
+    key = re.sub(r"[^0-9a-zA-Z]+", "_", attribute.strip().lower()).strip("_")
+    return key or "attribute"
+
+
+# ------------------------------------------------------------------------------------------------- schemas
+
+
+def summary_schema(preset: Preset) -> dict[str, Any]:
+    """Stage 1 output: one string field per attribute, all required, nothing else."""
+    props = {attribute_key(a): {"type": "string", "minLength": 1} for a in preset.attributes}
+    return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
+
+
+def samples_schema(n: int) -> dict[str, Any]:
+    """Stage 2 output: exactly n non-empty strings."""
+    return {"type": "object",
+            "properties": {"samples": {"type": "array", "items": {"type": "string", "minLength": 1},
+                                       "minItems": n, "maxItems": n}},
+            "required": ["samples"], "additionalProperties": False}
+
+
+# ------------------------------------------------------------------------------------------------- prompts
+
+Messages = list[dict[str, str]]
+
+
+def _examples_block(texts: list[str], label: str | None) -> str:
+    rows = [{"text": t, **({"label": label} if label is not None else {})} for t in texts]
+    return "\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
+
+
+def stage1_messages(preset: Preset, texts: list[str], label: str | None) -> Messages:
+    """Figure 6: analyse the demonstrations and summarise their key attributes as JSON."""
+    attrs = "\n".join(f"- {a} (key \"{attribute_key(a)}\")" for a in preset.attributes)
+    label_line = f"All examples have the label \"{label}\" ({preset.label_text(label)}).\n" if label else ""
+    content = (
+        f"[Task]\nYou are provided with examples from {preset.description}. Analyze the examples and summarize "
+        f"their key characteristics, which will guide the generation of new data.\n\n"
+        f"[Sample Data]\nHere are examples in JSON format from the dataset:\n{_examples_block(texts, label)}\n"
+        f"{label_line}\n"
+        f"[Instructions]\n1. Summarize the following characteristics:\n{attrs}\n"
+        f"2. Provide the summary as one JSON object with exactly these keys, each a short string.\n\n"
+        f"Now, begin summarizing:"
+    )
+    return [{"role": "user", "content": content}]
+
+
+def stage2_messages(preset: Preset, summary: dict[str, str], label: str | None, n: int) -> Messages:
+    """Figure 7: write n new samples that keep the summarised attributes but vary content and wording."""
+    target = f" with {preset.label_text(label)}" if label else ""
+    rules = "\n".join(f"{i + 3}. {r}" for i, r in enumerate(preset.instructions))
+    content = (
+        f"[Task]\nWrite {n} unique {preset.sample_noun}s{target}, like those in {preset.description}.\n\n"
+        f"[Demonstration summary]\nHere is the summary of the examples provided:\n"
+        f"{json.dumps(summary, ensure_ascii=False, indent=1)}\n\n"
+        f"[Instructions]\n1. Follow the attributes described in the summary.\n"
+        f"2. Each {preset.sample_noun} must differ in content and wording from the others.\n"
+        f"{rules + chr(10) if rules else ''}"
+        f"Answer with a JSON object {{\"samples\": [...]}} holding exactly {n} strings.\n\nNow, begin writing:"
+    )
+    return [{"role": "user", "content": content}]
+
+
+def one_stage_messages(preset: Preset, texts: list[str], label: str | None, n: int) -> Messages:
+    """Ablation (paper Table 4): write new samples straight from the demonstrations, no attribute summary."""
+    target = f" with {preset.label_text(label)}" if label else ""
+    content = (
+        f"[Task]\nHere are examples from {preset.description}:\n{_examples_block(texts, label)}\n\n"
+        f"Write {n} new, unique {preset.sample_noun}s{target} similar to these examples but different in content "
+        f"and wording.\nAnswer with a JSON object {{\"samples\": [...]}} holding exactly {n} strings."
+    )
+    return [{"role": "user", "content": content}]
+
+
+def simprompt_messages(preset: Preset, label: str | None, n: int) -> Messages:
+    """SimPrompt baseline: class-conditional, zero-shot; no demonstrations."""
+    target = f" with {preset.label_text(label)}" if label else ""
+    content = (f"Write {n} {preset.sample_noun}s{target}, like those in {preset.description}.\n"
+               f"Answer with a JSON object {{\"samples\": [...]}} holding exactly {n} strings.")
+    return [{"role": "user", "content": content}]
+
+
+def prompt_fingerprint(preset: Preset, mode: str, n: int) -> str:
+    """A hash of every template and preset field, recorded in manifests so runs can be compared."""
+    probe = (stage1_messages(preset, ["<x>"], "<y>"), stage2_messages(preset, {"a": "<s>"}, "<y>", n),
+             one_stage_messages(preset, ["<x>"], "<y>", n), simprompt_messages(preset, "<y>", n), mode,
+             summary_schema(preset), samples_schema(n))
+    return hashlib.sha256(json.dumps(probe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ------------------------------------------------------------------------------------------------- parsing
+
+
+class ParseFailure(ValueError):
+    """LLM output that is not usable; `reason` is a short counter name (truncated, invalid_json, schema)."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def _load_json(text: str, finish_reason: str | None) -> Any:
+    if finish_reason == "length":
+        raise ParseFailure("truncated", "output hit max_tokens before the JSON closed")
+    stripped = text.strip()
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", stripped, flags=re.S)
+    if fenced:
+        stripped = fenced.group(1)
+    try:
+        return json.loads(stripped)
+    except json.JSONDecodeError as err:
+        reason = "truncated" if err.pos >= len(stripped) - 1 else "invalid_json"
+        raise ParseFailure(reason, f"{err.msg} at char {err.pos}") from None
+
+
+def parse_summary(text: str, preset: Preset, finish_reason: str | None = None) -> dict[str, str]:
+    """Validate a stage-1 answer against the preset's attributes; returns {attribute_key: value}."""
+    data = _load_json(text, finish_reason)
+    if not isinstance(data, dict):
+        raise ParseFailure("schema", f"expected a JSON object, got {type(data).__name__}")
+    keys = [attribute_key(a) for a in preset.attributes]
+    missing = [k for k in keys if k not in data]
+    if missing:
+        raise ParseFailure("schema", f"missing attribute(s) {missing}")
+    bad = [k for k in keys if not isinstance(data[k], str) or not data[k].strip()]
+    if bad:
+        raise ParseFailure("schema", f"attribute(s) {bad} are not non-empty strings")
+    return {k: data[k].strip() for k in keys}
+
+
+def parse_samples(text: str, n: int, finish_reason: str | None = None) -> list[str]:
+    """Validate a stage-2 (or one-stage/simprompt) answer: exactly n non-empty strings."""
+    data = _load_json(text, finish_reason)
+    if not isinstance(data, dict) or not isinstance(data.get("samples"), list):
+        raise ParseFailure("schema", "expected an object with a 'samples' list")
+    samples = data["samples"]
+    if len(samples) != n:
+        raise ParseFailure("schema", f"expected {n} samples, got {len(samples)}")
+    if not all(isinstance(s, str) and s.strip() for s in samples):
+        raise ParseFailure("schema", "every sample must be a non-empty string")
+    return [s.strip() for s in samples]
+
+
+def normalise_text(text: str) -> str:
+    """Key for exact-duplicate detection: case-folded, whitespace collapsed."""
+    return " ".join(text.casefold().split())

@@ -1,0 +1,112 @@
+"""Prompts, presets, schemas and parsing (pure: no engine)."""
+
+import json
+
+import pytest
+
+from synalign_ray.config import build_config
+from synalign_ray.errors import ConfigError
+from synalign_ray.generation import prompts as P
+from synalign_ray.generation.worker import _split_evenly, request_seed
+from tests.conftest import sample_rows
+
+
+@pytest.fixture(scope="module")
+def demos():
+    rows = sample_rows("sst2_dev.parquet", 8, seed=5).to_pylist()
+    return [r["text"] for r in rows]
+
+
+@pytest.mark.parametrize("name", sorted(P.PRESETS))
+def test_prompts_hold_every_demo_and_attribute(name, demos):
+    preset = P.PRESETS[name]
+    stage1 = P.stage1_messages(preset, demos, "positive")[0]["content"]
+    for text in demos:
+        assert json.dumps(text, ensure_ascii=False) in stage1
+    for attr in preset.attributes:
+        assert attr in stage1 and P.attribute_key(attr) in stage1
+    summary = {P.attribute_key(a): f"value of {a}" for a in preset.attributes}
+    stage2 = P.stage2_messages(preset, summary, "positive", 4)[0]["content"]
+    assert all(v in stage2 for v in summary.values()) and "4 unique" in stage2
+    one = P.one_stage_messages(preset, demos, "positive", 3)[0]["content"]
+    assert all(json.dumps(t, ensure_ascii=False) in one for t in demos)
+    assert not any(t in P.simprompt_messages(preset, "positive", 3)[0]["content"] for t in demos)
+
+
+def test_schemas_follow_the_preset():
+    preset = P.PRESETS["agnews"]
+    schema = P.summary_schema(preset)
+    assert schema["required"] == ["news_topic", "writing_style", "news_length", "subtopics", "location"]
+    assert schema["additionalProperties"] is False
+    s = P.samples_schema(5)["properties"]["samples"]
+    assert s["minItems"] == s["maxItems"] == 5
+
+
+def test_parse_accepts_valid_and_fenced_json():
+    preset = P.PRESETS["sst2"]
+    good = {P.attribute_key(a): "x " + a for a in preset.attributes}
+    assert P.parse_summary(json.dumps(good), preset) == good
+    assert P.parse_summary("```json\n" + json.dumps(good) + "\n```", preset) == good
+    assert P.parse_samples('{"samples": [" a ", "b"]}', 2) == ["a", "b"]
+
+
+@pytest.mark.parametrize("text, finish, reason", [
+    ('{"samples": ["a", "b"', "length", "truncated"),
+    ('{"samples": ["a", "b"', "stop", "truncated"),
+    ('```json\n{"samples": [a, b]}\n```', "stop", "invalid_json"),
+    ('{"samples": ["a"]}', "stop", "schema"),
+    ('{"samples": ["a", ""]}', "stop", "schema"),
+    ('{"samples": ["a", 3]}', "stop", "schema"),
+    ('["a", "b"]', "stop", "schema"),
+    ("Sure! Here are two reviews: a, b", "stop", "invalid_json"),
+])
+def test_parse_samples_rejects_with_a_counted_reason(text, finish, reason):
+    with pytest.raises(P.ParseFailure) as err:
+        P.parse_samples(text, 2, finish)
+    assert err.value.reason == reason
+
+
+def test_parse_summary_rejects_missing_or_empty_attributes():
+    preset = P.PRESETS["sst2"]
+    partial = {P.attribute_key(preset.attributes[0]): "drama"}
+    with pytest.raises(P.ParseFailure, match="missing attribute"):
+        P.parse_summary(json.dumps(partial), preset)
+    empty = {P.attribute_key(a): " " for a in preset.attributes}
+    with pytest.raises(P.ParseFailure, match="not non-empty strings"):
+        P.parse_summary(json.dumps(empty), preset)
+
+
+def test_user_presets_from_yaml(tmp_path):
+    f = tmp_path / "presets.yaml"
+    f.write_text("tickets:\n  description: customer support tickets\n  sample_noun: ticket\n"
+                 "  attributes: [product, urgency, tone]\n  samples_per_summary: 4\n"
+                 "empty:\n  description: nothing\n  attributes: []\n"
+                 "typo:\n  description: x\n  atributes: [a]\n")
+    p = P.load_preset("tickets", str(f))
+    assert p.attributes == ("product", "urgency", "tone") and p.samples_per_summary == 4
+    with pytest.raises(ConfigError, match="needs a non-empty list of attributes"):
+        P.load_preset("empty", str(f))
+    with pytest.raises(ConfigError, match="unknown key"):
+        P.load_preset("typo", str(f))
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        P.load_preset("nope", str(f))
+    with pytest.raises(ConfigError, match="presets_file not found"):
+        P.load_preset("tickets", str(tmp_path / "missing.yaml"))
+
+
+def test_samples_per_summary_must_be_positive():
+    with pytest.raises(ConfigError, match="generation.samples_per_summary"):
+        build_config({}, ["generation.samples_per_summary=0"])
+
+
+def test_request_seeds_and_token_shares():
+    assert request_seed(0, 5, "stage1", 0) == request_seed(0, 5, "stage1", 0)
+    assert len({request_seed(0, 5, "stage1", a) for a in range(4)}) == 4
+    assert request_seed(0, 5, "stage1", 0) != request_seed(0, 6, "stage1", 0)
+    for total, n in [(10, 3), (0, 4), (7, 7), (100, 1)]:
+        shares = _split_evenly(total, n)
+        assert sum(shares) == total and max(shares) - min(shares) <= 1
+
+
+def test_normalised_duplicates():
+    assert P.normalise_text("  A  Great\tMovie ") == P.normalise_text("a great movie")

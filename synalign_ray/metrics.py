@@ -9,6 +9,9 @@ import numpy as np
 # ------------------------------------------------------------------------------------- coverage (selection)
 # Rows per chunk of the real×real distance pass in knn_radii: bounds its scratch to CHUNK × N floats.
 _COVERAGE_CHUNK_ROWS = 2048
+# Squared distances within this of a squared k-NN radius count as on the ball: two float64 roundings of one
+# squared distance differ by ~1e-16.
+_BALL_SLACK = 1e-9
 
 
 def tsne_map(embeddings: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
@@ -98,9 +101,11 @@ def knn_radii(real: np.ndarray, k: int = 5) -> np.ndarray:
 
 
 def knn_radius_coverage(real: np.ndarray, selected: np.ndarray, k: int = 5, radii: np.ndarray | None = None) -> float:
-    """Share of real rows with a selected row inside their k-NN ball (the coverage of Naeem et al., 2020).
+    """Share of real rows with a selected row inside their closed k-NN ball (coverage of Naeem et al., 2020).
 
-    Deterministic and computed in embedding space; pass `radii` from knn_radii to reuse them across calls.
+    Deterministic and computed in embedding space; pass `radii` from knn_radii to reuse them across calls. The ball
+    is closed, with _BALL_SLACK of rounding room, because selected rows are often real rows: one that is exactly a
+    row's k-th neighbour sits on the boundary, and a row with k duplicates has radius 0 yet covers itself.
     """
     x = np.asarray(real, dtype=np.float64)
     s = np.asarray(selected, dtype=np.float64)
@@ -113,8 +118,8 @@ def knn_radius_coverage(real: np.ndarray, selected: np.ndarray, k: int = 5, radi
     for start in range(0, x.shape[0], _COVERAGE_CHUNK_ROWS):
         block = x[start:start + _COVERAGE_CHUNK_ROWS]
         sq = np.einsum("ij,ij->i", block, block)[:, None] + s_sq[None, :] - 2.0 * (block @ s.T)
-        nearest = np.sqrt(np.maximum(sq.min(axis=1), 0.0))
-        covered[start:start + block.shape[0]] = nearest <= radii[start:start + block.shape[0]]
+        ball_sq = radii[start:start + block.shape[0]] ** 2
+        covered[start:start + block.shape[0]] = sq.min(axis=1) <= ball_sq + _BALL_SLACK
     return float(covered.mean())
 
 

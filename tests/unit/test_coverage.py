@@ -1,0 +1,76 @@
+"""Coverage metrics: convex-hull coverage on a grid with hand-computed areas, k-NN-radius coverage vs scikit-learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.spatial import ConvexHull
+from sklearn.neighbors import NearestNeighbors
+
+from synalign_ray.metrics import convex_hull_coverage, knn_radii, knn_radius_coverage, tsne_map
+
+# a 10 × 10 integer grid: its hull is [0, 9]², area 81; a 3 × 3 block around an inner point is a k = 8 group
+GRID = np.array([(x, y) for x in range(10) for y in range(10)], dtype=np.float64)
+
+
+def at(x: int, y: int) -> int:
+    return 10 * x + y
+
+
+def test_single_group_hull_area():
+    curve = convex_hull_coverage(GRID, np.array([at(2, 2)]), k=8)
+    assert curve[0] == pytest.approx(4 / 81)  # block [1, 3]²
+
+
+def test_disjoint_hulls_add_their_areas():
+    curve = convex_hull_coverage(GRID, np.array([at(2, 2), at(6, 6)]), k=8)
+    np.testing.assert_allclose(curve, [4 / 81, 8 / 81])
+
+
+def test_overlapping_hulls_merge_into_the_hull_of_their_union():
+    # [1, 3] × [1, 3] and [2, 4] × [1, 3] overlap: merged hull [1, 4] × [1, 3] has area 6, not 4 + 4
+    curve = convex_hull_coverage(GRID, np.array([at(2, 2), at(3, 2)]), k=8)
+    np.testing.assert_allclose(curve, [4 / 81, 6 / 81])
+
+
+def test_merged_hull_reaching_a_third_hull_merges_it_too():
+    # blocks around (2,2) and (6,2) are apart; the block around (4,2) overlaps both: one hull [1, 7] × [1, 3]
+    curve = convex_hull_coverage(GRID, np.array([at(2, 2), at(6, 2), at(4, 2)]), k=8)
+    np.testing.assert_allclose(curve, [4 / 81, 8 / 81, 12 / 81])
+
+
+def test_tsne_map_is_seeded(real_embeddings):
+    _, emb = real_embeddings("agnews_dev.parquet", 300, 0)
+    points = tsne_map(emb[:120], seed=0)
+    assert points.shape == (120, 2) and np.array_equal(points, tsne_map(emb[:120], seed=0))
+
+
+def test_hull_coverage_on_real_map_is_monotone_and_reaches_one(real_embeddings):
+    _, emb = real_embeddings("agnews_dev.parquet", 300, 0)
+    centred = emb - emb.mean(axis=0)
+    points = centred @ np.linalg.svd(centred, full_matrices=False)[2][:2].T  # 2-D PCA map: as real, far cheaper
+    anchors = np.random.default_rng(0).choice(300, size=60, replace=False)
+    curve = convex_hull_coverage(points, anchors, k=9)
+    assert (np.diff(curve) >= -1e-12).all() and 0 < curve[-1] < 1
+    first = points[np.argsort(((points - points[anchors[0]]) ** 2).sum(1))[:10]]
+    assert curve[0] == pytest.approx(ConvexHull(first).volume / ConvexHull(points).volume)
+    # one group holding every point is the whole hull
+    assert convex_hull_coverage(points, anchors[:1], k=299)[0] == pytest.approx(1.0)
+
+
+def test_knn_radii_equal_sklearn(real_embeddings):
+    _, emb = real_embeddings("agnews_dev.parquet", 300, 0)
+    distances, _ = NearestNeighbors(n_neighbors=6).fit(emb.astype(np.float64)).kneighbors()
+    np.testing.assert_allclose(knn_radii(emb, 5), distances[:, 4], atol=1e-6)
+
+
+def test_knn_radius_coverage_equals_brute_force(real_embeddings):
+    _, emb = real_embeddings("agnews_dev.parquet", 300, 0)
+    x = emb.astype(np.float64)
+    radii = knn_radii(x, 5)
+    selected = np.random.default_rng(1).choice(300, size=25, replace=False)
+    # closed balls: a selected row that is exactly a row's 5th neighbour covers it (1e-9 absorbs rounding)
+    brute = np.mean([min(np.linalg.norm(x[i] - x[j]) for j in selected) <= radii[i] + 1e-9 for i in range(300)])
+    assert knn_radius_coverage(x, x[selected], 5) == pytest.approx(brute)
+    assert knn_radius_coverage(x, x, 5) == 1.0
+    assert knn_radius_coverage(x, x[:0], 5) == 0.0

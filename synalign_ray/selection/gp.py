@@ -72,7 +72,7 @@ class IncrementalGP:
     one |G|×|G| Cholesky; memory is O(N·|S|) for V and O(|S|²) for L. Variance = 1 − Σ_rows V².
     """
 
-    def __init__(self, points: np.ndarray, kernel: Kernel, tau: float, noise: float):
+    def __init__(self, points: np.ndarray, kernel: Kernel, tau: float, noise: float, capacity: int = 0):
         if points.ndim != 2 or points.shape[0] == 0:
             raise ValueError(f"points must be a non-empty 2-D array, got shape {points.shape}")
         self.points = np.ascontiguousarray(points, dtype=np.float32)
@@ -81,8 +81,10 @@ class IncrementalGP:
         self.noise = float(noise)
         n = self.points.shape[0]
         self.observed = np.empty(0, dtype=np.int64)
-        self._chol = np.zeros((0, 0), dtype=np.float64)   # L, lower, float64: capacity grows by doubling
-        self._v = np.zeros((0, n), dtype=np.float32)      # V = L⁻¹ K_s,all, float32: the O(N·|S|) state
+        # `capacity` observed rows are allocated up front (no regrowth copies when the caller knows its budget);
+        # beyond it, capacity doubles.
+        self._chol = np.zeros((capacity, capacity), dtype=np.float64)  # L, lower, float64
+        self._v = np.zeros((capacity, n), dtype=np.float32)            # V = L⁻¹ K_s,all: the O(N·|S|) state
         self._sum_sq = np.zeros(n, dtype=np.float64)      # Σ_rows V², kept in float64 so it never drifts
 
     @property

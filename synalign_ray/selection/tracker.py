@@ -113,7 +113,6 @@ class SelectionTracker:
             self._check_checkpoint(checkpoint)
         self.tau = auto_tau(self._unit, cfg.seed) if cfg.tau == "auto" else float(cfg.tau)
         n = self._unit.shape[0]
-        self._gp = IncrementalGP(self._unit, cfg.kernel, self.tau, cfg.noise)
         self._rank = np.random.default_rng(cfg.seed).permutation(n)
         self._available = np.ones(n, dtype=bool)
         if self._labels is None:
@@ -123,6 +122,8 @@ class SelectionTracker:
             self._label_rows = {l: np.flatnonzero(label_arr == l) for l in sorted(set(self._labels))}
         counts = {l: len(rows) for l, rows in self._label_rows.items()}
         self._quota = plan_quotas(counts, cfg.max_groups, cfg.budget, cfg.k)
+        planned_rows = sum(self._quota.values()) * (cfg.k + 1)
+        self._gp = IncrementalGP(self._unit, cfg.kernel, self.tau, cfg.noise, capacity=planned_rows)
         self._issued_per_label = {l: 0 for l in self._label_rows}
         self._active = [l for l in self._label_rows if self._quota[l] > 0]
         self._issued: list[np.ndarray] = []

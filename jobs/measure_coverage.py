@@ -1,0 +1,128 @@
+"""Coverage of real data by GP-selected vs uniformly random demonstration groups, and the τ sweep (paper §4.4.1, §4.5.1).
+
+Run: python jobs/measure_coverage.py [--rows 4000] [--steps 200]; prints tables, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from synalign_ray.config import SelectionConfig
+from synalign_ray.metrics import convex_hull_coverage, knn_radii, knn_radius_coverage, tsne_map
+from synalign_ray.selection.schedule import build_schedule
+from synalign_ray.selection.tracker import AUTO_TAU_FACTOR, auto_tau
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CACHE = Path(os.environ.get("SYNALIGN_BENCH_CACHE", "/tmp/synalign_bench"))
+DATASETS = {"SST-2": "sst2_dev", "AG News": "agnews_dev"}
+TAUS = [0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5, 2.0]
+KNN_BALL = 5
+
+
+def cached_npy(path: Path, compute) -> np.ndarray:
+    """Load path, or compute and write it via a temporary file + rename (other processes may race for it)."""
+    if path.is_file():
+        return np.load(path)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
+    np.save(tmp, value)
+    os.replace(tmp, path)
+    return value
+
+
+def load(name: str, rows: int) -> tuple[np.ndarray, list[str], np.ndarray]:
+    table = pq.read_table(DATA_DIR / f"{name}.parquet")
+
+    def encode():
+        from synalign_ray.models import load_sentence_transformer
+
+        model = load_sentence_transformer("all-MiniLM-L6-v2")
+        return model.encode(table.column("text").to_pylist(), batch_size=128, normalize_embeddings=True,
+                            convert_to_numpy=True).astype(np.float32)
+
+    emb = cached_npy(CACHE / f"{name}_emb.npy", encode)
+    if emb.shape[0] != table.num_rows:
+        raise SystemExit(f"{CACHE / (name + '_emb.npy')} has {emb.shape[0]} rows, {name} has {table.num_rows}")
+    pick = np.sort(np.random.default_rng(0).choice(table.num_rows, size=min(rows, table.num_rows), replace=False))
+    return emb[pick], [table.column("label")[int(i)].as_py() for i in pick], pick
+
+
+def gp_groups(emb, labels, steps, k, tau, kernel, seed) -> list[list[int]]:
+    cfg = SelectionConfig(k=k, tau=tau, kernel=kernel, max_groups=steps, seed=seed, threshold=1e-6)
+    return build_schedule(cfg, emb, labels, np.arange(emb.shape[0])).column("demo_row_ids").to_pylist()
+
+
+def random_groups(emb, labels, steps, k, seed) -> list[list[int]]:
+    """Uniform random anchors (no repeats) with their k most cosine-similar rows of the same label."""
+    rng = np.random.default_rng(seed)
+    label_arr = np.asarray(labels)
+    groups = []
+    for anchor in rng.choice(emb.shape[0], size=steps, replace=False):
+        same = np.flatnonzero((label_arr == label_arr[anchor]) & (np.arange(emb.shape[0]) != anchor))
+        groups.append([int(anchor)] + same[np.argsort(-(emb[same] @ emb[anchor]), kind="stable")[:k]].tolist())
+    return groups
+
+
+def scores(groups, points_2d, emb, radii, k) -> tuple[float, float]:
+    hull = convex_hull_coverage(points_2d, np.array([g[0] for g in groups]), k)[-1]
+    ball = knn_radius_coverage(emb, emb[np.unique(np.concatenate(groups))], KNN_BALL, radii)
+    return float(hull), float(ball)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rows", type=int, default=4000, help="seeded sample of each dataset")
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--k", type=int, default=9)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--sweep-seeds", type=int, default=3)
+    parser.add_argument("--kernels", default="exponential,rbf")
+    args = parser.parse_args()
+    kernels = args.kernels.split(",")
+
+    for title, name in DATASETS.items():
+        t0 = time.perf_counter()
+        emb, labels, _ = load(name, args.rows)
+        points = cached_npy(CACHE / f"tsne_{name}_{args.rows}_0.npy", lambda: tsne_map(emb, seed=0))
+        radii = knn_radii(emb, KNN_BALL)
+        tau_auto = auto_tau(emb, 0)
+        print(f"\n## {title}: {emb.shape[0]} rows ({name}), t-SNE seed 0, k={args.k}, {args.steps} steps; "
+              f"tau auto = {AUTO_TAU_FACTOR} x median distance = {tau_auto:.3f} (prep {time.perf_counter() - t0:.0f} s)")
+
+        rand = np.array([scores(random_groups(emb, labels, args.steps, args.k, s), points, emb, radii, args.k)
+                         for s in range(args.seeds)])
+        print(f"\n| selection ({args.seeds} seeds) | hull coverage | kNN-radius coverage (k={KNN_BALL}) |")
+        print("| --- | --- | --- |")
+        print(f"| uniform random | {rand[:, 0].mean():.4f} ± {rand[:, 0].std():.4f} "
+              f"| {rand[:, 1].mean():.4f} ± {rand[:, 1].std():.4f} |")
+        for kernel in kernels:
+            gp = np.array([scores(gp_groups(emb, labels, args.steps, args.k, "auto", kernel, s), points, emb, radii,
+                                  args.k) for s in range(args.seeds)])
+            print(f"| GP {kernel}, tau auto | {gp[:, 0].mean():.4f} ± {gp[:, 0].std():.4f} "
+                  f"(x{gp[:, 0].mean() / rand[:, 0].mean():.2f}) | {gp[:, 1].mean():.4f} ± {gp[:, 1].std():.4f} "
+                  f"(x{gp[:, 1].mean() / rand[:, 1].mean():.2f}) |")
+
+        print(f"\nτ sweep ({args.sweep_seeds} seeds; hull / kNN-radius coverage after {args.steps} steps)\n")
+        print("| tau | " + " | ".join(f"{k} hull | {k} kNN-radius" for k in kernels) + " |")
+        print("| --- |" + " --- | --- |" * len(kernels))
+        for tau in sorted(TAUS + [round(tau_auto, 3)]):
+            cells = []
+            for kernel in kernels:
+                runs = np.array([scores(gp_groups(emb, labels, args.steps, args.k, tau, kernel, s), points, emb,
+                                        radii, args.k) for s in range(args.sweep_seeds)])
+                cells += [f"{runs[:, 0].mean():.4f}", f"{runs[:, 1].mean():.4f}"]
+            mark = " (auto)" if tau not in TAUS else ""
+            print(f"| {tau}{mark} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

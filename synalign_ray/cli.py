@@ -63,6 +63,45 @@ def _cmd_generate(args: argparse.Namespace) -> None:
           f"-> {manifest['output']}")
 
 
+def _cmd_align(args: argparse.Namespace) -> None:
+    from synalign_ray.pipeline import align_stage
+
+    extra = [f"alignment.size={args.size}"] if args.size is not None else []
+    manifest = align_stage(_config(args, extra), args.real, args.synthetic)
+    c, m = manifest["counts"], manifest["metrics"]
+    print(f"aligned {c['synthetic_input']} synthetic rows -> {c['rows']} rows ({c['distinct_fraction']:.1%} distinct); "
+          f"MMD² to real: all {m['all']['mmd2_rbf']:.4g}, random {m['random']['mmd2_rbf']:.4g}, "
+          f"aligned {m['aligned']['mmd2_rbf']:.4g} -> {manifest['output']}")
+
+
+def _cmd_run(args: argparse.Namespace) -> None:
+    from synalign_ray.config import DEFAULT_RUN_CONFIG
+    from synalign_ray.pipeline import run_stage
+
+    if args.config is None:
+        args.config = str(DEFAULT_RUN_CONFIG)
+    manifest = run_stage(_config(args, []))
+    c = manifest["counts"]
+    m = manifest["metrics"]
+    print(f"run complete: {c['real_rows']} real rows, {c['groups']} groups -> {c['generated_rows']} generated -> "
+          f"{c['aligned_rows']} aligned rows ({c['distinct_fraction']:.1%} distinct); MMD² to real: random "
+          f"{m['random']['mmd2_rbf']:.4g}, aligned {m['aligned']['mmd2_rbf']:.4g}\n"
+          f"output: {manifest['output']}\nreport: {manifest.get('report', '')}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from synalign_ray import io
+    from synalign_ray.config import build_config
+    from synalign_ray.errors import InputError
+    from synalign_ray.report import write_report
+
+    loc = io.resolve(args.run_dir, _config(args, []).storage)
+    manifest = io.read_manifest(loc)
+    if manifest is None or manifest.get("kind") != "run":
+        raise InputError(f"{loc.url} is not a completed `synalign run` directory (no run manifest)")
+    print(write_report(loc, build_config(manifest["config"]), manifest))
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], None]]]:
     parser = argparse.ArgumentParser(prog="synalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +123,22 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
                                       "the central tracker selects groups as generators ask for them")
     _add_common(p)
     handlers["generate"] = _cmd_generate
+
+    p = sub.add_parser("align", help="MMD weights + weighted resampling of synthetic rows toward real rows")
+    p.add_argument("--real", required=True, help="real rows (raw text, or a `synalign embed` output)")
+    p.add_argument("--synthetic", required=True, help="synthetic rows (raw text, or a `synalign generate` output)")
+    p.add_argument("--size", type=int, help="rows to draw (sets alignment.size)")
+    _add_common(p)
+    handlers["align"] = _cmd_align
+
+    p = sub.add_parser("run", help="the whole job: embed, select, generate, align, report (resumable)")
+    _add_common(p)
+    handlers["run"] = _cmd_run
+
+    p = sub.add_parser("report", help="(re)write the HTML report of a completed run directory")
+    p.add_argument("run_dir", help="a `synalign run` output folder (local or s3://)")
+    _add_common(p)
+    handlers["report"] = _cmd_report
     return parser, handlers
 
 

@@ -24,6 +24,9 @@ from pydantic import (
 
 from synalign_ray.errors import ConfigError
 
+# The embedded local demo `synalign run` uses when no --config is given.
+DEFAULT_RUN_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)

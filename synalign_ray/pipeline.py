@@ -325,3 +325,187 @@ def select_stage(cfg: SynAlignConfig, embedded_path: str) -> dict[str, Any]:
              schedule.column("tau")[0].as_py() if schedule.num_rows else float("nan"))
     return write_table(schedule, out, cfg, {"kind": "schedule", "input": embedded_path, "groups": schedule.num_rows,
                                             "real_rows": table.num_rows, "seconds": round(seconds, 3)})
+
+
+# -------------------------------------------------------------------------------------------------- alignment
+
+
+def read_rows(path: str, cfg: SynAlignConfig, what: str, need_labels: bool = False) -> pa.Table:
+    """Rows from a completed synalign output folder (its manifest's parts) or a Parquet/JSONL/CSV file/folder,
+    validated; adds a positional `row_id` when the input has none."""
+    loc = io.resolve(path, cfg.storage)
+    if not io.exists(loc, cfg.storage):
+        raise InputError(f"{what} input not found: {loc.url}")
+    manifest = io.read_manifest(loc) if loc.fs.isdir(loc.path) else None
+    table = io.read_parts(loc, manifest) if manifest is not None else io.read_table(path, cfg.data.format,
+                                                                                    cfg.storage)
+    label = cfg.data.label_column if (need_labels or (cfg.data.label_column in table.column_names)) else None
+    table = io.validate_text_table(table, cfg.data.text_column, label, f"{what} input {loc.url}")
+    if io.ROW_ID not in table.column_names:
+        table = table.append_column(io.ROW_ID, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+    return table
+
+
+def ensure_embedded(table: pa.Table, cfg: SynAlignConfig) -> tuple[pa.Table, np.ndarray]:
+    """The rows with their embedding matrix: the input's own `embedding` column, or the encoder pool's."""
+    if io.EMBEDDING not in table.column_names:
+        _check_embedding_model(cfg)
+        table = embed_rows(table, cfg, cfg.data.text_column)
+    return table, io.embeddings_from_arrow(table.column(io.EMBEDDING))
+
+
+def align_stage(cfg: SynAlignConfig, real_path: str, synthetic_path: str) -> dict[str, Any]:
+    """`synalign align`: weights, weighted resample and metrics for synthetic rows against real rows."""
+    from synalign_ray.alignment.align import align
+
+    real = read_rows(real_path, cfg, "real")
+    synthetic = read_rows(synthetic_path, cfg, "synthetic")
+    out = io.resolve(cfg.output.path, cfg.storage)
+    io.prepare_output(out, cfg.output.overwrite, cfg.storage)
+    with ray_session(cfg):
+        real, real_emb = ensure_embedded(real, cfg)
+        synthetic, syn_emb = ensure_embedded(synthetic, cfg)
+        return {**align(cfg, real.drop_columns([io.EMBEDDING]), real_emb,
+                        synthetic.drop_columns([io.EMBEDDING]), syn_emb, out, cfg.storage), "output": out.url}
+
+
+# ----------------------------------------------------------------------------------------------- the whole job
+
+RUN_STAGES = ("embeddings", "generated", "generated_embeddings", "aligned")
+
+
+def _run_fingerprint(cfg: SynAlignConfig) -> dict[str, Any]:
+    """Settings that shape a run's results; a rerun into the same folder must match them to resume."""
+    dump = cfg.model_dump(mode="json", exclude={"output": {"overwrite"}, "resources": True, "storage": True})
+    for key in ("num_generators", "max_in_flight", "num_gpus_per_generator", "num_cpus_per_generator"):
+        dump["generation"].pop(key, None)
+    for key in ("num_actors", "num_cpus_per_actor", "num_gpus_per_actor", "batch_size", "device"):
+        dump["embedding"].pop(key, None)
+    dump["alignment"].pop("num_shards", None)
+    return dump
+
+
+def run_stage(cfg: SynAlignConfig) -> dict[str, Any]:
+    """`synalign run`: read -> embed -> tracker + generator pool -> embed generated -> align -> report.
+
+    Every stage writes its own folder with a manifest under output.path; running the same command again skips
+    completed stages and resumes generation from the last completed batch.
+    """
+    import json
+
+    from synalign_ray.generation.prompts import load_preset
+    from synalign_ray.models import check_llm
+
+    load_preset(cfg.generation.preset, cfg.generation.presets_file)
+    real = io.read_real_rows(cfg.data, cfg.storage)
+    check_llm(cfg.generation.model)
+    _check_embedding_model(cfg)
+    run_dir = io.resolve(cfg.output.path, cfg.storage)
+    io.check_writable(run_dir, cfg.storage)
+    if cfg.output.overwrite and run_dir.exists():
+        run_dir.fs.rm(run_dir.path, recursive=True)
+    fp_loc = run_dir.join("run_config.json")
+    fingerprint = _run_fingerprint(cfg)
+    if run_dir.fs.exists(fp_loc.path):
+        with run_dir.fs.open(fp_loc.path, "rb") as fh:
+            previous = json.loads(fh.read())
+        if previous != fingerprint:
+            changed = sorted(k for k in fingerprint if previous.get(k) != fingerprint.get(k))
+            raise InputError(f"{run_dir.url} holds a run with a different config (changed: {', '.join(changed)}); "
+                             "use another output path or output.overwrite=true")
+    else:
+        io.write_manifest(run_dir, fingerprint, cfg.storage, name="run_config.json")
+    final = io.read_manifest(run_dir)
+    if final is not None:
+        log.info("%s is already complete; nothing to do", run_dir.url)
+        return final
+
+    def stage_cfg(name: str) -> SynAlignConfig:
+        return cfg.model_copy(update={"output": cfg.output.model_copy(
+            update={"path": run_dir.join(name).url, "overwrite": False})})
+
+    manifests: dict[str, dict[str, Any]] = {}
+    timings: dict[str, float] = {}
+    t_run = time.monotonic()
+    with ray_session(cfg):
+        # 1. real rows -> embeddings
+        loc = run_dir.join("embeddings")
+        t0 = time.monotonic()
+        if (m := io.read_manifest(loc)) is None:
+            embedded = embed_rows(real, cfg, cfg.data.text_column)
+            m = write_table(embedded, loc, stage_cfg("embeddings"), {
+                "kind": "embeddings", "input": cfg.data.path, "model": cfg.embedding.model,
+                "dim": embedded.schema.field(io.EMBEDDING).type.list_size})
+        else:
+            log.info("stage embeddings: complete, reusing %s", loc.url)
+            embedded = io.read_parts(loc, m)
+        manifests["embeddings"], timings["embed_real"] = m, time.monotonic() - t0
+
+        # 2. central tracker + generator pool
+        loc = run_dir.join("generated")
+        t0 = time.monotonic()
+        if (m := io.read_manifest(loc)) is None:
+            m = generate_stage(stage_cfg("generated"), real=real, embedded=embedded)
+        else:
+            log.info("stage generated: complete, reusing %s", loc.url)
+        manifests["generated"], timings["generate"] = m, time.monotonic() - t0
+        generated = io.read_parts(loc, m)
+        if generated.num_rows == 0:
+            raise InputError("generation produced no usable rows (every group failed); see "
+                             f"{loc.url}/{io.MANIFEST} failure_reasons")
+
+        # 3. generated rows -> embeddings
+        loc = run_dir.join("generated_embeddings")
+        t0 = time.monotonic()
+        if (m := io.read_manifest(loc)) is None:
+            gen_rows = generated.append_column(io.ROW_ID, pa.array(np.arange(generated.num_rows, dtype=np.int64)))
+            gen_embedded = embed_rows(gen_rows, cfg, "text")
+            m = write_table(gen_embedded, loc, stage_cfg("generated_embeddings"), {
+                "kind": "embeddings", "input": run_dir.join("generated").url, "model": cfg.embedding.model,
+                "dim": gen_embedded.schema.field(io.EMBEDDING).type.list_size})
+        else:
+            log.info("stage generated_embeddings: complete, reusing %s", loc.url)
+            gen_embedded = io.read_parts(loc, m)
+        manifests["generated_embeddings"], timings["embed_generated"] = m, time.monotonic() - t0
+
+        # 4. distributed alignment + weighted resampling
+        loc = run_dir.join("aligned")
+        t0 = time.monotonic()
+        if (m := io.read_manifest(loc)) is None:
+            from synalign_ray.alignment.align import align
+
+            acfg = stage_cfg("aligned")
+            text_col = cfg.data.text_column
+            syn = gen_embedded.drop_columns([io.EMBEDDING, io.ROW_ID])
+            if text_col != "text":
+                syn = syn.rename_columns([text_col if c == "text" else c for c in syn.column_names])
+            if cfg.data.label_column and cfg.data.label_column != "label":
+                syn = syn.rename_columns([cfg.data.label_column if c == "label" else c for c in syn.column_names])
+            m = align(acfg, embedded.drop_columns([io.EMBEDDING]),
+                      io.embeddings_from_arrow(embedded.column(io.EMBEDDING)), syn,
+                      io.embeddings_from_arrow(gen_embedded.column(io.EMBEDDING)), loc, cfg.storage)
+        else:
+            log.info("stage aligned: complete, reusing %s", loc.url)
+        manifests["aligned"], timings["align"] = m, time.monotonic() - t0
+
+    gen = manifests["generated"]
+    al = manifests["aligned"]
+    manifest = {
+        "kind": "run", "output": run_dir.url, "input": cfg.data.path,
+        "stages": {name: run_dir.join(name).url for name in RUN_STAGES},
+        "counts": {"real_rows": real.num_rows, "groups": gen["groups_done"], "failed_groups": len(gen["failed_groups"]),
+                   "generated_rows": gen["rows"], "duplicates_removed": gen["duplicates_removed"],
+                   "aligned_rows": al["counts"]["rows"], "distinct_fraction": al["counts"]["distinct_fraction"]},
+        "tokens": gen["tokens"], "generator_busy_fraction": gen["pool"]["busy_fraction"],
+        "metrics": al["metrics"], "fit": al.get("fit", {}),
+        "timings_this_invocation": {k: round(v, 3) for k, v in timings.items()},
+        "seconds_this_invocation": round(time.monotonic() - t_run, 3),
+        "config": cfg.redacted(), "synalign_version": _version(),
+    }
+    from synalign_ray.report import write_report
+
+    manifest["report"] = write_report(run_dir, cfg, manifest)
+    io.write_manifest(run_dir, manifest, cfg.storage)
+    log.info("run complete: %d real rows -> %d generated -> %d aligned rows in %s", real.num_rows, gen["rows"],
+             al["counts"]["rows"], run_dir.url)
+    return manifest

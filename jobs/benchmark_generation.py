@@ -1,0 +1,153 @@
+"""Benchmark: the generator pool's output tokens/s against bare `vllm.LLM.generate` on the same prompts and engine
+settings, and JSON validity per stage with schema-guided decoding against unguided generation.
+
+Run: .venv/bin/python jobs/benchmark_generation.py [--groups 16] [--samples 5]   (prints; asserts nothing)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SST2_DEV = REPO.parent / "shared" / "data" / "sst2_dev.parquet"
+
+
+class BareEngine:
+    """Baseline actor body: the same Engine settings, prompts sent straight to `vllm.LLM.generate`."""
+
+    def __init__(self, cfg):
+        from synalign_ray.generation.engine import Engine
+
+        self.engine = Engine(cfg)
+
+    def run(self, conversations, schema, seeds, sampling) -> dict:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import StructuredOutputsParams
+
+        prompts = [TokensPrompt(prompt_token_ids=self.engine.prompt_ids(c)) for c in conversations]
+        params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=sampling.max_tokens, seed=s,
+                                 structured_outputs=StructuredOutputsParams(json=schema) if schema else None)
+                  for s in seeds]
+        t0 = time.perf_counter()
+        outs = self.engine.llm.generate(prompts, params, use_tqdm=False)
+        return {"seconds": time.perf_counter() - t0,
+                "texts": [(o.outputs[0].text, o.outputs[0].finish_reason) for o in outs],
+                "completion_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
+
+
+def _groups(n_groups: int, group_size: int, seed: int):
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(SST2_DEV)
+    rng = np.random.default_rng(seed)
+    labels = table.column("label").to_pylist()
+    groups = []
+    for gid in range(n_groups):
+        label = ("negative", "positive")[gid % 2]
+        pool = [i for i, lab in enumerate(labels) if lab == label]
+        ids = sorted(int(i) for i in rng.choice(pool, size=group_size, replace=False))
+        groups.append({"group_id": gid, "label": label, "anchor_row_id": ids[0], "demo_row_ids": ids,
+                       "variance_at_selection": 1.0, "tau": 0.0})
+    return table, groups
+
+
+def _validity(texts, parse) -> float:
+    from synalign_ray.generation.prompts import ParseFailure
+
+    ok = 0
+    for text, finish in texts:
+        try:
+            parse(text, finish)
+            ok += 1
+        except ParseFailure:
+            pass
+    return ok / max(len(texts), 1)
+
+
+def run(n_groups: int = 16, samples: int = 5, group_size: int = 8, seed: int = 0) -> list[dict]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import ray
+
+    from synalign_ray.config import build_config
+    from synalign_ray.generation import prompts as P
+    from synalign_ray.generation.worker import request_seed
+    from synalign_ray.pipeline import generate_stage
+
+    table, groups = _groups(n_groups, group_size, seed)
+    texts = table.column("text").to_pylist()
+    work = Path(tempfile.mkdtemp(prefix="synalign-bench-gen-"))
+    pq.write_table(table, work / "real.parquet")
+    pq.write_table(pa.Table.from_pylist(groups), work / "schedule.parquet")
+    cfg = build_config({}, [f"data.path={work / 'real.parquet'}", f"output.path={work / 'pool'}",
+                            f"generation.samples_per_summary={samples}", "generation.groups_per_batch=8"])
+    g = cfg.generation
+    preset = P.load_preset(g.preset)
+    n_cpus = os.cpu_count() or 1
+    ray.init(num_cpus=n_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        bare = ray.remote(BareEngine).options(num_cpus=g.num_cpus_per_generator).remote(g)
+        stage1 = [P.stage1_messages(preset, [texts[i] for i in grp["demo_row_ids"]], grp["label"]) for grp in groups]
+        seeds1 = [request_seed(g.sampling.seed, grp["group_id"], "stage1", 0) for grp in groups]
+        guided1 = ray.get(bare.run.remote(stage1, P.summary_schema(preset), seeds1, g.sampling))
+        summaries = []
+        for text, finish in guided1["texts"]:
+            try:
+                summaries.append(P.parse_summary(text, preset, finish))
+            except P.ParseFailure:
+                summaries.append({P.attribute_key(a): "unknown" for a in preset.attributes})
+        stage2 = [P.stage2_messages(preset, s, grp["label"], samples) for s, grp in zip(summaries, groups)]
+        seeds2 = [request_seed(g.sampling.seed, grp["group_id"], "stage2", 0) for grp in groups]
+        guided2 = ray.get(bare.run.remote(stage2, P.samples_schema(samples), seeds2, g.sampling))
+        free1 = ray.get(bare.run.remote(stage1, None, seeds1, g.sampling))
+        free2 = ray.get(bare.run.remote(stage2, None, seeds2, g.sampling))
+        ray.kill(bare)
+        bare_tokens = guided1["completion_tokens"] + guided2["completion_tokens"]
+        bare_tps = bare_tokens / (guided1["seconds"] + guided2["seconds"])
+
+        manifest = generate_stage(cfg, str(work / "schedule.parquet"))
+    finally:
+        ray.shutdown()
+    pool_tps = manifest["pool"]["output_tokens_per_second"]
+    v = {
+        "stage1 guided": _validity(guided1["texts"], lambda t, f: P.parse_summary(t, preset, f)),
+        "stage1 unguided": _validity(free1["texts"], lambda t, f: P.parse_summary(t, preset, f)),
+        "stage2 guided": _validity(guided2["texts"], lambda t, f: P.parse_samples(t, samples, f)),
+        "stage2 unguided": _validity(free2["texts"], lambda t, f: P.parse_samples(t, samples, f)),
+    }
+    print(f"\ngeneration: {n_groups} SST-2 groups of {group_size}, {samples} samples per summary, "
+          f"{g.model}, max_tokens {g.sampling.max_tokens}")
+    print(f"  bare vllm.LLM.generate: {bare_tokens} output tokens, {bare_tps:7.1f} tokens/s")
+    print(f"  generator pool:         {sum(t['completion'] for t in manifest['tokens'].values())} output tokens, "
+          f"{pool_tps:7.1f} tokens/s (busy {manifest['pool']['busy_fraction']:.0%}, "
+          f"{len(manifest['failed_groups'])} failed groups, retries included)")
+    print(f"  ratio (pool / bare): {pool_tps / bare_tps:.2f}x  (target >= 0.9x)")
+    print("  JSON validity on first attempt: " + ", ".join(f"{k} {val:.0%}" for k, val in v.items())
+          + "  (target >= 99% guided)")
+    return [{"stage": "generation (output tokens/s)", "ours": pool_tps, "baseline": bare_tps,
+             "ratio": pool_tps / bare_tps, "target": ">= 0.9x"},
+            {"stage": "stage-2 JSON validity (guided vs unguided)", "ours": v["stage2 guided"],
+             "baseline": v["stage2 unguided"], "ratio": v["stage2 guided"] / max(v["stage2 unguided"], 1e-9),
+             "target": ">= 99% guided"}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--groups", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=5)
+    parser.add_argument("--group-size", type=int, default=8)
+    args = parser.parse_args()
+    run(args.groups, args.samples, args.group_size)
+
+
+if __name__ == "__main__":
+    main()

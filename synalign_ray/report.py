@@ -1,0 +1,197 @@
+"""Run report: one self-contained HTML page (PNG figures inlined) from a completed run directory.
+
+Figures: t-SNE map of real vs synthetic before and after alignment, GP vs random coverage, weights and effective
+sample size, per-label counts, tokens and stage timings; plus the metric table for all / random / aligned rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io as _bytes_io
+import logging
+from typing import Any
+
+import numpy as np
+
+from synalign_ray import io, metrics
+from synalign_ray.config import SynAlignConfig
+from synalign_ray.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# t-SNE is quadratic-ish in points: the map uses at most this many real and synthetic rows (seeded samples).
+MAP_ROWS = 1500
+
+
+def _png(fig) -> str:
+    buf = _bytes_io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _stage(run_dir: io.Location, name: str) -> tuple[dict[str, Any], Any]:
+    loc = run_dir.join(name)
+    manifest = io.read_manifest(loc)
+    if manifest is None:
+        raise InputError(f"{loc.url} is not complete: run `synalign run` to the end before the report")
+    return manifest, io.read_parts(loc, manifest)
+
+
+def build_figures(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, Any]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rng = np.random.default_rng(cfg.selection.seed)
+    _, real = _stage(run_dir, "embeddings")
+    gen_manifest, gen = _stage(run_dir, "generated_embeddings")
+    al_manifest, aligned = _stage(run_dir, "aligned")
+    gen_gen_manifest = io.read_manifest(run_dir.join("generated"))
+    real_emb = io.embeddings_from_arrow(real.column(io.EMBEDDING))
+    gen_emb = io.embeddings_from_arrow(gen.column(io.EMBEDDING))
+    figures: dict[str, str] = {}
+
+    # Groups' anchors (first demonstration of each group, in issue order) are always on the map.
+    groups = sorted({(r["group_id"], r["demo_row_ids"][0]) for r in
+                     gen.select(["group_id", "demo_row_ids"]).to_pylist()})
+    row_pos = {rid: i for i, rid in enumerate(real.column(io.ROW_ID).to_pylist())}
+    anchors = np.array([row_pos[a] for _, a in groups if a in row_pos], dtype=np.int64)
+    others = np.setdiff1d(np.arange(len(real_emb)), anchors)
+    take = rng.choice(others, size=min(len(others), max(MAP_ROWS - len(anchors), 0)), replace=False)
+    real_idx = np.concatenate([anchors, np.sort(take)])
+    gen_idx = np.sort(rng.choice(len(gen_emb), size=min(len(gen_emb), MAP_ROWS), replace=False))
+    points = metrics.tsne_map(np.vstack([real_emb[real_idx], gen_emb[gen_idx]]), seed=cfg.selection.seed)
+    real_2d, gen_2d = points[:len(real_idx)], points[len(real_idx):]
+    gen_pos = {int(j): i for i, j in enumerate(gen_idx)}
+    chosen = [gen_pos[int(j)] for j in aligned.column("row_index").to_pylist() if int(j) in gen_pos] \
+        if "row_index" in aligned.column_names else []
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True, sharey=True)
+    for ax, title, pts in ((axes[0], "before alignment: all generated rows", gen_2d),
+                           (axes[1], "after alignment: weighted resample", gen_2d[chosen] if chosen else gen_2d[:0])):
+        ax.scatter(real_2d[:, 0], real_2d[:, 1], s=4, alpha=0.35, label="real", color="tab:blue")
+        ax.scatter(pts[:, 0], pts[:, 1], s=10, alpha=0.7, label="synthetic", color="tab:orange")
+        ax.set_title(title)
+        ax.legend(loc="lower right", fontsize=8)
+    figures["map"] = _png(fig)
+
+    k = cfg.selection.k
+    if len(anchors) >= 2 and len(real_idx) > k + 1:
+        steps = len(anchors)
+        gp_curve = metrics.convex_hull_coverage(real_2d, np.arange(steps), k)
+        rand_curves = [metrics.convex_hull_coverage(
+            real_2d, np.random.default_rng(cfg.selection.seed + s).choice(len(real_idx), size=steps, replace=False), k)
+            for s in range(5)]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(np.arange(1, steps + 1), gp_curve, label="GP exploration-aware (this run)", color="tab:green")
+        mean = np.mean(rand_curves, axis=0)
+        ax.plot(np.arange(1, steps + 1), mean, label="uniform random (mean of 5 seeds)", color="tab:gray")
+        ax.fill_between(np.arange(1, steps + 1), np.min(rand_curves, axis=0), np.max(rand_curves, axis=0),
+                        color="tab:gray", alpha=0.2)
+        ax.set_xlabel("selection step (group)")
+        ax.set_ylabel("convex-hull coverage of the real map")
+        ax.legend(fontsize=8)
+        figures["coverage"] = _png(fig)
+
+    if "weight" in aligned.column_names:
+        weights = np.asarray(aligned.column("weight").to_numpy(zero_copy_only=False), dtype=float)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.hist(weights, bins=40, color="tab:purple")
+        ess = al_manifest.get("fit", {}).get("ess")
+        ax.set_title(f"weights of resampled rows (ESS {ess:.0f} of {len(gen_emb)})" if ess else "weights")
+        ax.set_xlabel("ω")
+        figures["weights"] = _png(fig)
+
+    per_label = al_manifest["counts"].get("per_label", {})
+    if per_label:
+        names = list(per_label)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        x = np.arange(len(names))
+        for i, (key, color) in enumerate((("real", "tab:blue"), ("synthetic", "tab:orange"),
+                                          ("resampled", "tab:green"))):
+            vals = np.array([per_label[n][key] for n in names], dtype=float)
+            ax.bar(x + (i - 1) * 0.27, vals / max(vals.sum(), 1), width=0.27, label=key, color=color)
+        ax.set_xticks(x, names)
+        ax.set_ylabel("share of rows")
+        ax.legend(fontsize=8)
+        figures["labels"] = _png(fig)
+
+    tokens = gen_gen_manifest["tokens"]
+    timings = summary.get("timings_this_invocation", {})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    stages = list(tokens)
+    axes[0].bar(np.arange(len(stages)) - 0.2, [tokens[s]["prompt"] for s in stages], width=0.4, label="prompt")
+    axes[0].bar(np.arange(len(stages)) + 0.2, [tokens[s]["completion"] for s in stages], width=0.4, label="completion")
+    axes[0].set_xticks(np.arange(len(stages)), stages)
+    axes[0].set_title("tokens per prompting stage")
+    axes[0].legend(fontsize=8)
+    if timings:
+        axes[1].barh(list(timings), list(timings.values()), color="tab:cyan")
+        axes[1].set_xlabel("seconds (this invocation)")
+        axes[1].set_title("stage wall time")
+    figures["tokens"] = _png(fig)
+    return figures
+
+
+def _metric_table(m: dict[str, Any]) -> str:
+    cols = [("rows", "rows"), ("mmd2_rbf", "MMD² (RBF)"), ("wasserstein1", "Wasserstein-1"),
+            ("sliced_wasserstein", "sliced W"), ("vocabulary_size", "vocabulary"), ("duplicate_rate", "duplicates")]
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols)
+    rows = []
+    for name in ("all", "random", "aligned"):
+        if name not in m:
+            continue
+        cells = "".join(f"<td>{m[name].get(key, ''):.4g}</td>" if isinstance(m[name].get(key), float)
+                        else f"<td>{m[name].get(key, '')}</td>" for key, _ in cols)
+        rows.append(f"<tr><th>{name}</th>{cells}</tr>")
+    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+
+
+def write_report(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, Any] | None = None) -> str:
+    """Render the report to RUN_DIR/report/index.html; returns its location."""
+    summary = summary if summary is not None else (io.read_manifest(run_dir) or {})
+    figures = build_figures(run_dir, cfg, summary)
+    al = io.read_manifest(run_dir.join("aligned"))
+    gen = io.read_manifest(run_dir.join("generated"))
+    counts = al["counts"]
+    captions = {"map": "t-SNE map of real and synthetic embeddings",
+                "coverage": "coverage of the real map by selected demonstration groups",
+                "weights": "alignment weights", "labels": "per-label shares",
+                "tokens": "token usage and stage timings"}
+    body = "".join(f"<figure><img alt='{k}' src='data:image/png;base64,{v}'><figcaption>{captions[k]}"
+                   f"</figcaption></figure>" for k, v in figures.items())
+    facts = [
+        ("run directory", run_dir.url), ("real rows", summary.get("counts", {}).get("real_rows", "")),
+        ("groups done / failed", f"{gen['groups_done']} / {len(gen['failed_groups'])}"),
+        ("generated rows (exact duplicates removed)", f"{gen['rows']} ({gen['duplicates_removed']})"),
+        ("aligned rows (distinct)", f"{counts['rows']} ({counts['distinct_fraction']:.1%})"),
+        ("effective sample size", f"{al.get('fit', {}).get('ess', float('nan')):.1f}"),
+        ("generator busy (share of generation wall time)", f"{gen['pool']['busy_fraction']:.1%}"),
+        ("output tokens/s", gen["pool"]["output_tokens_per_second"]),
+        ("model / mode / preset", f"{gen['model']} / {gen['mode']} / {gen['preset']}"),
+    ]
+    fact_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>synalign run report</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
+th{{background:#f4f4f4}}figure{{display:inline-block;margin:1em}}img{{max-width:100%}}</style></head><body>
+<h1>synalign run report</h1><table>{fact_rows}</table>
+<h2>Distribution distance to the real rows</h2>{_metric_table(al.get('metrics', {}))}
+{body}</body></html>"""
+    loc = run_dir.join("report")
+    target = loc.join("index.html")
+    if io.is_s3(loc.url):
+        loc.fs.pipe(target.path, page.encode())
+    else:
+        import os
+
+        os.makedirs(loc.path, exist_ok=True)
+        with open(target.path, "w") as fh:
+            fh.write(page)
+    log.info("report written to %s", target.url)
+    return target.url

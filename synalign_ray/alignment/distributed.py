@@ -10,19 +10,13 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from synalign_ray.alignment.mmd import FeatureMap, FitParams, FitResult, WeightShard, run_fit
+from synalign_ray.alignment.mmd import FeatureMap, FitParams, FitResult, WeightShard, run_fit, split_ranges
 from synalign_ray.alignment.resample import conform, draw_within, shard_counts
 from synalign_ray.config import StorageConfig
 from synalign_ray.io import resolve, write_part
 
 SOURCE_SYNTHETIC = "synthetic"
 SOURCE_REAL = "real"
-
-
-def split_ranges(n: int, parts: int) -> list[tuple[int, int]]:
-    """Contiguous [lo, hi) ranges of near-equal size covering 0..n."""
-    edges = np.linspace(0, n, parts + 1).round().astype(int)
-    return [(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
 
 
 class AlignmentShard:

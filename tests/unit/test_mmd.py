@@ -112,3 +112,17 @@ def test_fit_params_reject_bad_values():
         FitParams(learning_rate=0.0)
     with pytest.raises(ValueError):
         FitParams(momentum=1.0)
+
+
+def test_in_process_shards_give_the_same_fit_as_one(real_embeddings):
+    real_rows, real = real_embeddings("sst2_train.parquet", 200, 1)
+    _, pool = real_embeddings("agnews_dev.parquet", 200, 1)
+    syn = np.vstack([pool, real[:100]])
+    real_groups = (np.asarray(real_rows.column("label").to_pylist()) == "positive").astype(np.int64)
+    syn_groups = np.r_[np.random.default_rng(0).integers(0, 2, 200), real_groups[:100]]
+    fmap = make_feature_map("rff", 120, real, seed=2)
+    params = FitParams(steps=40, learning_rate=4.0, entropy=0.001, momentum=0.9)
+    one, r1 = fit_weights(real, real_groups, syn, syn_groups, fmap, params, threads=1)
+    three, r3 = fit_weights(real, real_groups, syn, syn_groups, fmap, params, threads=3)
+    np.testing.assert_allclose(three, one, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(r3.objective_history, r1.objective_history, rtol=1e-6)

@@ -1,0 +1,137 @@
+"""`align(...)` end to end on shard actors: parts and manifest on a local folder and on moto S3, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from synalign_ray.alignment.align import align
+from synalign_ray.config import StorageConfig, build_config
+from synalign_ray.errors import ConfigError, InputError
+from synalign_ray.io import read_manifest, read_parts, resolve
+
+SIZE = 400
+
+
+@pytest.fixture(scope="module")
+def inputs(real_embeddings):
+    real, real_emb = real_embeddings("sst2_train.parquet", 300, 3)
+    dev, dev_emb = real_embeddings("sst2_dev.parquet", 150, 3)
+    news, news_emb = real_embeddings("agnews_dev.parquet", 150, 3)
+    # AG News rows get seeded random SST-2 labels: off-distribution rows the alignment should mostly skip.
+    news_labels = np.random.default_rng(0).choice(["negative", "positive"], size=news.num_rows)
+    synthetic = pa.concat_tables([pa.table({"text": news.column("text"), "label": pa.array(news_labels)}),
+                                  dev.select(["text", "label"])])
+    synthetic = synthetic.append_column("group_id", pa.array(np.arange(synthetic.num_rows) // 5))
+    return real, real_emb, synthetic, np.vstack([news_emb, dev_emb])
+
+
+def _config(*overrides: str):
+    return build_config({}, ["alignment.projections=200", "alignment.steps=150", f"alignment.size={SIZE}",
+                             "alignment.num_shards=2", "alignment.weighting=both", "alignment.mix_real=true",
+                             "alignment.entropy=0.001", *overrides])
+
+
+@pytest.fixture(scope="module")
+def s3_storage(s3_server):
+    """A fresh bucket on the moto server and a StorageConfig carrying test keys explicitly: shard actors run in
+    worker processes that never see a test's environment variables."""
+    import uuid
+
+    import boto3
+
+    keys = {"aws_access_key_id": "testing-key-id", "aws_secret_access_key": "testing-secret-key"}
+    bucket = f"synalign-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1", **keys).create_bucket(Bucket=bucket)
+    return StorageConfig(endpoint_url=s3_server, region="us-east-1", access_key_id=keys["aws_access_key_id"],
+                         secret_access_key=keys["aws_secret_access_key"]), bucket
+
+
+@pytest.fixture(scope="module")
+def outputs(ray_local, inputs, s3_storage, tmp_path_factory):
+    """The same run written to a local folder and to moto S3: where -> (location, manifest)."""
+    storage, bucket = s3_storage
+    runs = {}
+    for where, loc, store in (("local", resolve(str(tmp_path_factory.mktemp("align") / "out")), None),
+                              ("s3", resolve(f"s3://{bucket}/runs/aligned", storage), storage)):
+        runs[where] = loc, align(_config(), *inputs, loc, store)
+    return runs
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_align_writes_readable_parts_and_manifest(inputs, outputs, where):
+    real, real_emb, synthetic, syn_emb = inputs
+    loc, manifest = outputs[where]
+    assert read_manifest(loc) == manifest
+    table = read_parts(loc)
+    counts = manifest["counts"]
+    assert table.num_rows == SIZE + real.num_rows == counts["rows"]
+    assert table.column_names[:7] == ["text", "label", "source", "weight", "row_index", "importance_weight",
+                                      "group_id"]
+    syn = table.filter(pa.compute.equal(table.column("source"), "synthetic"))
+    mixed = table.filter(pa.compute.equal(table.column("source"), "real"))
+    assert syn.num_rows == SIZE and mixed.num_rows == real.num_rows
+    # Resampled rows are the input rows they point to.
+    idx = np.asarray(syn.column("row_index"))
+    assert syn.column("text").to_pylist() == synthetic.column("text").take(pa.array(idx)).to_pylist()
+    assert syn.column("group_id").to_pylist() == (idx // 5).tolist()
+    assert counts["distinct_resampled"] == np.unique(idx).size
+    # Label counts follow the real label shares (largest-remainder rounding).
+    for label, c in counts["per_label"].items():
+        assert abs(c["resampled"] - SIZE * c["real"] / real.num_rows) < 1
+        assert syn.filter(pa.compute.equal(syn.column("label"), label)).num_rows == c["resampled"]
+    assert mixed.column("weight").null_count == real.num_rows
+    assert set(mixed.column("importance_weight").to_pylist()) == {1.0}
+    # The aligned resample is closer to the real rows than all rows and than a uniform resample.
+    m = manifest["metrics"]
+    assert m["aligned"]["mmd2_rbf"] < 0.5 * m["random"]["mmd2_rbf"]
+    assert m["aligned"]["mmd2_rbf"] < 0.5 * m["all"]["mmd2_rbf"]
+    assert manifest["fit"]["mmd_after"] < manifest["fit"]["mmd_before"]
+    # AG News rows (input rows 0..149) are mostly skipped.
+    assert (idx < 150).mean() < 0.2
+
+
+def test_local_and_s3_outputs_hold_identical_content(outputs):
+    local, s3 = (read_parts(outputs[w][0]) for w in ("local", "s3"))
+    assert local.num_rows > 0 and local.equals(s3)
+    assert outputs["local"][1]["parts"] == outputs["s3"][1]["parts"]
+
+
+def test_uniform_importance_weighting_keeps_label_shares(ray_local, inputs, tmp_path):
+    real, real_emb, synthetic, syn_emb = inputs
+    loc = resolve(str(tmp_path / "imp"))
+    manifest = align(_config("alignment.weighting=importance", "alignment.mix_real=false"), real, real_emb,
+                     synthetic, syn_emb, loc, None)
+    table = read_parts(loc)
+    assert manifest["fit"] == {}
+    assert table.column("importance_weight").null_count == 0
+    per_label = manifest["counts"]["per_label"]
+    for v in per_label.values():
+        assert abs(v["resampled"] - SIZE * v["real"] / real.num_rows) < 1
+
+
+BAD_INPUTS = [
+    ("empty real", lambda r, re, s, se: (r.slice(0, 0), re[:0], s, se), InputError, "real set is empty"),
+    ("empty synthetic", lambda r, re, s, se: (r, re, s.slice(0, 0), se[:0]), InputError, "synthetic set is empty"),
+    ("dimensions", lambda r, re, s, se: (r, re, s, se[:, :100]), InputError, "dimensions differ"),
+    ("nan", lambda r, re, s, se: (r, re, s, np.where(np.arange(len(se))[:, None] == 7, np.nan, se)), InputError,
+     "NaN"),
+    ("no labels", lambda r, re, s, se: (r.drop_columns(["label"]), re, s, se), InputError, "needs labels"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_fails_before_any_output(inputs, tmp_path, case):
+    _, make, error, message = case
+    args = make(*inputs)
+    loc = resolve(str(tmp_path / "never"))
+    with pytest.raises(error, match=message):
+        align(_config(), *args, loc, None)
+    assert not loc.exists()
+
+
+@pytest.mark.parametrize("override", ["alignment.size=0", "alignment.projections=0", "alignment.size=-3"])
+def test_non_positive_size_or_projections_is_a_config_error(override):
+    with pytest.raises(ConfigError, match="greater than 0"):
+        _config(override)

@@ -7,6 +7,7 @@ Run: python jobs/benchmark_alignment.py [--cache /tmp/synalign_bench] [--shards 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import time
 from pathlib import Path
@@ -49,6 +50,8 @@ def main() -> None:
     params = FitParams(steps=args.steps, learning_rate=defaults.learning_rate, entropy=defaults.entropy,
                        momentum=defaults.momentum)
     real_groups, syn_groups = np.zeros(len(real), np.int64), np.zeros(len(syn), np.int64)
+    # Other jobs on the machine inflate wall times; print the load so readers can judge a table.
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"{len(syn)} synthetic × {len(real)} real rows, d={real.shape[1]}, {args.features} |Θ|={args.projections}, "
           f"steps={params.steps}, lr={params.learning_rate}, λ={params.entropy}, momentum={params.momentum}")
 

@@ -145,9 +145,8 @@ def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: 
 
     cpus = ray.available_resources().get("CPU", 1.0) if ray.is_initialized() else 1.0
     spawn = ray_spawn(num_cpus=min(1.0, max(cpus, 0.01) / a.num_shards))
-    real_kept = real.filter(pa.array(keep))
-    handles = start_shards(spawn, a.num_shards, syn_emb, syn_groups, fit_rows, real_groups[keep], feature_map,
-                           len(group_names), syn_rows=syn_rows, real_rows=real_kept)
+    handles = start_shards(spawn, a.num_shards, syn_emb, syn_groups, real_emb, real_groups, feature_map,
+                           len(group_names), syn_rows=syn_rows, real_rows=real)
     shard_sizes = np.stack(ray.get([h.group_sizes.remote() for h in handles]))
     group_sizes = shard_sizes.sum(0)
     real_counts = np.bincount(real_groups[keep], minlength=len(group_names))
@@ -213,8 +212,8 @@ def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: 
         "parts": parts,
         "columns": schema.names,
         "counts": {"synthetic_input": synthetic.num_rows, "real_input": real.num_rows, "resampled": int(len(chosen)),
-                   "real_mixed": int(real_kept.num_rows) if a.mix_real else 0,
-                   "rows": int(len(chosen)) + (int(real_kept.num_rows) if a.mix_real else 0),
+                   "real_mixed": real.num_rows if a.mix_real else 0,
+                   "rows": int(len(chosen)) + (real.num_rows if a.mix_real else 0),
                    "distinct_resampled": int(np.unique(chosen).size), "distinct_fraction": distinct,
                    "per_label": per_label, "labels_without_synthetic_rows": missing},
         "seeds": {"alignment": a.seed},

@@ -6,7 +6,7 @@ Imports neither Ray nor vLLM; the same shard/loop code runs in one process and a
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 import numpy as np
@@ -163,8 +163,11 @@ class WeightShard:
         step = max(16, _CHUNK_BYTES // (4 * feature_map.size))
         self._chunks = [(g, lo, min(lo + step, bounds[g + 1]))
                         for g in range(num_groups) for lo in range(bounds[g], bounds[g + 1], step)]
+        # Real rows with a negative code belong to no fitted group (a label no synthetic row carries).
+        fitted = np.asarray(real_groups) >= 0
+        real_emb, real_groups = np.asarray(real_emb)[fitted], np.asarray(real_groups, dtype=np.int64)[fitted]
         self._real_sums = np.zeros((num_groups, feature_map.size))
-        self._real_counts = np.bincount(np.asarray(real_groups, dtype=np.int64), minlength=num_groups)
+        self._real_counts = np.bincount(real_groups, minlength=num_groups)
         for lo in range(0, len(real_groups), _REAL_BLOCK_ROWS):
             hi = lo + _REAL_BLOCK_ROWS
             one_hot = np.eye(num_groups, dtype=np.float32)[np.asarray(real_groups[lo:hi])]
@@ -249,7 +252,6 @@ class FitResult:
     eta: float
     totals: Totals
     group_sizes: np.ndarray
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -263,7 +265,6 @@ class FitResult:
             "mmd_before_per_group": self.mmd_before.tolist(),
             "mmd_after_per_group": self.mmd_after.tolist(),
             "step_size": self.eta,
-            **self.extra,
         }
 
 

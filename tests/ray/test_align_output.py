@@ -135,3 +135,24 @@ def test_bad_input_fails_before_any_output(inputs, tmp_path, case):
 def test_non_positive_size_or_projections_is_a_config_error(override):
     with pytest.raises(ConfigError, match="greater than 0"):
         _config(override)
+
+
+def test_real_label_without_synthetic_rows_gets_no_share_but_stays_in_mix(ray_local, inputs, tmp_path):
+    real, real_emb, synthetic, syn_emb = inputs
+    negative = np.asarray(pa.compute.equal(synthetic.column("label"), "negative"))
+    loc = resolve(str(tmp_path / "negatives"))
+    manifest = align(_config("alignment.weighting=mmd"), real, real_emb, synthetic.filter(pa.array(negative)),
+                     syn_emb[negative], loc, None)
+    counts = manifest["counts"]
+    assert counts["labels_without_synthetic_rows"] == ["positive"]
+    assert counts["per_label"]["negative"]["resampled"] == SIZE
+    table = read_parts(loc)
+    assert table.filter(pa.compute.equal(table.column("source"), "real")).num_rows == real.num_rows
+
+
+def test_synthetic_label_unknown_to_the_real_set_is_an_input_error(inputs, tmp_path):
+    real, real_emb, synthetic, syn_emb = inputs
+    relabelled = synthetic.set_column(1, "label", pa.array(["Sports"] * synthetic.num_rows))
+    with pytest.raises(InputError, match="do not occur in the real set"):
+        align(_config("alignment.weighting=mmd"), real, real_emb, relabelled, syn_emb,
+              resolve(str(tmp_path / "x")), None)

@@ -385,11 +385,12 @@ def _run_fingerprint(cfg: SynAlignConfig) -> dict[str, Any]:
     return dump
 
 
-def run_stage(cfg: SynAlignConfig) -> dict[str, Any]:
+def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
     """`synalign run`: read -> embed -> tracker + generator pool -> embed generated -> align -> report.
 
     Every stage writes its own folder with a manifest under output.path; running the same command again skips
-    completed stages and resumes generation from the last completed batch.
+    completed stages and resumes generation from the last completed batch. `pool`: a running GeneratorPool of
+    the same model to reuse (tests share one engine per session).
     """
     import json
 
@@ -445,7 +446,7 @@ def run_stage(cfg: SynAlignConfig) -> dict[str, Any]:
         loc = run_dir.join("generated")
         t0 = time.monotonic()
         if (m := io.read_manifest(loc)) is None:
-            m = generate_stage(stage_cfg("generated"), real=real, embedded=embedded)
+            m = generate_stage(stage_cfg("generated"), real=real, embedded=embedded, pool=pool)
         else:
             log.info("stage generated: complete, reusing %s", loc.url)
         manifests["generated"], timings["generate"] = m, time.monotonic() - t0

@@ -49,8 +49,9 @@ def sentence_model():
 
 
 @pytest.fixture(scope="session")
-def real_embeddings(sentence_model, pytestconfig):
-    """real_embeddings(name, n, seed) -> (rows table, L2-normalised float32 MiniLM embeddings), disk-cached."""
+def real_embeddings(request, pytestconfig):
+    """real_embeddings(name, n, seed) -> (rows table, L2-normalised float32 MiniLM embeddings), disk-cached;
+    the model loads only when a sample is not cached yet."""
     cache_dir = Path(pytestconfig.cache.mkdir("synalign_embeddings"))
 
     def get(name: str, n: int, seed: int = 0) -> tuple[pa.Table, np.ndarray]:
@@ -61,7 +62,7 @@ def real_embeddings(sentence_model, pytestconfig):
             if f.is_file():
                 emb = np.load(f)
             else:
-                emb = sentence_model.encode(rows.column("text").to_pylist(), batch_size=128,
+                emb = request.getfixturevalue("sentence_model").encode(rows.column("text").to_pylist(), batch_size=128,
                                             normalize_embeddings=True, convert_to_numpy=True).astype(np.float32)
                 np.save(f, emb)
             _EMBED_CACHE[key] = (rows, emb)

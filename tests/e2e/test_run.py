@@ -1,0 +1,136 @@
+"""`synalign run` end to end (real Ray, vLLM CPU, MiniLM): local folder and moto S3, resume, and the Ray job
+entry point against a cluster started with `ray start --head`."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from synalign_ray import io
+from synalign_ray.config import DEFAULT_RUN_CONFIG, load_config
+from synalign_ray.pipeline import run_stage
+from tests.conftest import REPO, data_file
+
+SMALL_RUN = [f"data.path={data_file('sst2_train.parquet')}", "data.sample_rows=600", "selection.max_groups=4",
+             "generation.samples_per_summary=3", "generation.groups_per_batch=2",
+             "generation.sampling.max_tokens=160", "alignment.projections=200"]
+
+
+@pytest.fixture(params=["local", "s3"])
+def run_target(request, tmp_path):
+    if request.param == "local":
+        return str(tmp_path / "run"), []
+    storage, bucket = request.getfixturevalue("s3_bucket")
+    # Explicit keys travel to the Ray workers that write parts; they must never show up in any output.
+    return f"s3://{bucket}/runs/demo", [f"storage.endpoint_url={storage.endpoint_url}", "storage.region=us-east-1",
+                                        "storage.access_key_id=AKIDRUNTEST0001", "storage.secret_access_key=runsecret9"]
+
+
+def _all_text(loc: io.Location) -> str:
+    chunks = []
+    for path in loc.fs.find(loc.path):
+        with loc.fs.open(path, "rb") as fh:
+            chunks.append(fh.read().decode("latin-1"))
+    return "\n".join(chunks)
+
+
+def test_default_run_end_to_end_and_resume(run_target, generator_pool):
+    out, storage_overrides = run_target
+    cfg = load_config(DEFAULT_RUN_CONFIG, [*SMALL_RUN, f"output.path={out}", *storage_overrides])
+    manifest = run_stage(cfg, pool=generator_pool)
+    loc = io.resolve(out, cfg.storage)
+    assert io.read_manifest(loc) == json.loads(json.dumps(manifest, default=str))
+    counts = manifest["counts"]
+    assert counts["real_rows"] == 600 and counts["groups"] == 4
+    gen = io.read_parts(loc.join("generated"))
+    aligned = io.read_parts(loc.join("aligned"))
+    assert counts["generated_rows"] == gen.num_rows > 0 and counts["aligned_rows"] == aligned.num_rows
+    labels = set(io.read_parts(loc.join("embeddings")).column("label").to_pylist())
+    assert set(gen.column("label").to_pylist()) <= labels and set(aligned.column("label").to_pylist()) <= labels
+    # weight = probability of drawing that synthetic row: one value per row, and over all rows they sum to 1.
+    by_row = dict(zip(aligned.column("row_index").to_pylist(), aligned.column("weight").to_pylist()))
+    assert all(w > 0 for w in by_row.values()) and sum(by_row.values()) <= 1 + 1e-9
+    assert manifest["report"].endswith("report/index.html")
+    page = loc.fs.cat(loc.join("report", "index.html").path).decode()
+    assert page.count("data:image/png;base64,") >= 4 and "src='http" not in page
+    text = _all_text(loc)
+    assert "runsecret9" not in text and "AKIDRUNTEST0001" not in text
+    # A second invocation finds the run complete and regenerates nothing.
+    ledgers = loc.fs.find(loc.join("generated", "ledger").path)
+    again = run_stage(cfg, pool=generator_pool)
+    assert again["counts"] == counts and loc.fs.find(loc.join("generated", "ledger").path) == ledgers
+    # Losing the last stages: the rerun reuses generation and reproduces alignment exactly (same seed).
+    loc.fs.rm(loc.join(io.MANIFEST).path)
+    loc.fs.rm(loc.join("aligned").path, recursive=True)
+    third = run_stage(cfg, pool=generator_pool)
+    assert loc.fs.find(loc.join("generated", "ledger").path) == ledgers
+    assert io.read_parts(loc.join("aligned")).equals(aligned)
+    assert third["counts"] == counts
+
+
+def test_changed_config_against_an_old_run_dir_is_refused(tmp_path):
+    from synalign_ray.errors import InputError
+
+    cfg = load_config(DEFAULT_RUN_CONFIG, [*SMALL_RUN, f"output.path={tmp_path / 'run'}"])
+    run_dir = io.resolve(cfg.output.path)
+    from synalign_ray.pipeline import _run_fingerprint
+
+    io.write_manifest(run_dir, _run_fingerprint(cfg), name="run_config.json")
+    changed = load_config(DEFAULT_RUN_CONFIG, [*SMALL_RUN, f"output.path={tmp_path / 'run'}", "selection.k=3"])
+    with pytest.raises(InputError, match="different config \\(changed: selection\\)"):
+        run_stage(changed)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ray_job_entry_point_on_a_started_cluster(tmp_path):
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    port = _free_port()
+    # A token file left in ~/.ray switches `ray start` to token auth that the client then lacks: this test
+    # cluster runs without auth, as a fresh laptop's would.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "disabled"}
+    # A short temp dir: Ray's Unix socket paths must stay under the 107-character limit.
+    temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
+    start = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
+    # --block in its own process group: stopping it stops this cluster only (`ray stop` would stop every Ray
+    # on the machine, the test session's own included).
+    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        ready = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True)
+        deadline = time.monotonic() + 120
+        while ready.returncode != 0 and time.monotonic() < deadline:
+            time.sleep(2)
+            ready = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True)
+        assert ready.returncode == 0, "ray start --head did not come up"
+        out = tmp_path / "job_run"
+        job = subprocess.run(
+            [sys.executable, "jobs/synalign_job.py", "--config", "jobs/configs/local.yaml", *SMALL_RUN,
+             "selection.max_groups=2", "data.sample_rows=300", f"output.path={out}"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+        assert job.returncode == 0, job.stderr[-3000:]
+        assert "connected to cluster Ray" in job.stdout
+        manifest = io.read_manifest(io.resolve(str(out)))
+        assert manifest["kind"] == "run" and manifest["counts"]["groups"] == 2
+        assert np.isfinite(manifest["metrics"]["aligned"]["mmd2_rbf"])
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)

@@ -221,6 +221,13 @@ def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None 
         raise ConfigError(_format_validation_error(err)) from None
 
 
+def yaml_error_line(err: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: the problem and where it is."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SynAlignConfig:
     """Read a YAML config file (optional) and apply dotted overrides."""
     raw: dict[str, Any] = {}
@@ -231,7 +238,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {p} is not valid YAML: {yaml_error_line(err)}") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):

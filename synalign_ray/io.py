@@ -255,6 +255,9 @@ def validate_text_table(table: pa.Table, text_column: str, label_column: str | N
         raise InputError(f"label column '{label_column}' not found in {where}; columns are {cols} "
                          "(set data.label_column=null for unlabelled data)")
     text = table.column(text_column)
+    if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
+        raise InputError(f"text column '{text_column}' in {where} is not valid UTF-8 text; re-encode the file "
+                         "as UTF-8")
     if not (pa.types.is_string(text.type) or pa.types.is_large_string(text.type)):
         raise InputError(f"text column '{text_column}' in {where} must hold strings, found {text.type}")
     nulls = text.null_count

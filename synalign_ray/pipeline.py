@@ -358,8 +358,14 @@ def align_stage(cfg: SynAlignConfig, real_path: str, synthetic_path: str) -> dic
     """`synalign align`: weights, weighted resample and metrics for synthetic rows against real rows."""
     from synalign_ray.alignment.align import align
 
+    from synalign_ray.alignment.align import check_inputs
+
     real = read_rows(real_path, cfg, "real")
     synthetic = read_rows(synthetic_path, cfg, "synthetic")
+    if io.EMBEDDING in real.column_names and io.EMBEDDING in synthetic.column_names:
+        # Both sides already embedded: every input check can run before Ray starts.
+        check_inputs(cfg, real, io.embeddings_from_arrow(real.column(io.EMBEDDING), real_path), synthetic,
+                     io.embeddings_from_arrow(synthetic.column(io.EMBEDDING), synthetic_path))
     out = io.resolve(cfg.output.path, cfg.storage)
     io.prepare_output(out, cfg.output.overwrite, cfg.storage)
     with ray_session(cfg):

@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from synalign_ray.config import yaml_error_line
 from synalign_ray.errors import ConfigError
 
 
@@ -114,7 +115,7 @@ def load_preset(name: str, presets_file: str | None = None) -> Preset:
         try:
             specs = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"generation.presets_file {p} is not valid YAML: {err}") from None
+            raise ConfigError(f"generation.presets_file {p} is not valid YAML: {yaml_error_line(err)}") from None
         if not isinstance(specs, dict):
             raise ConfigError(f"generation.presets_file {p} must map preset names to definitions")
         if name in specs:

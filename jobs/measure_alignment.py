@@ -1,18 +1,16 @@
 """Measure alignment on real data: a skewed pool (SST-2 dev, negatives over-represented, plus AG News rows with
 random SST-2 labels) aligned to SST-2 train; distances to held-out SST-2 rows and downstream accuracy per setting.
 
-Run: python jobs/measure_alignment.py [--cache /tmp/synalign_bench] [--size 4000]  (prints a table)
+Run: python jobs/measure_alignment.py [--size 4000]  (prints a table; embeddings cached in SYNALIGN_BENCH_CACHE)
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
+from bench_common import cached_embeddings
 from sklearn.linear_model import LogisticRegression
 
 from synalign_ray import metrics
@@ -20,32 +18,21 @@ from synalign_ray.alignment.importance import importance_weights
 from synalign_ray.alignment.mmd import FitParams, fit_weights, make_feature_map
 from synalign_ray.alignment.resample import allot, distinct_fraction, draw_within, rng_for
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 LABELS = np.array(["negative", "positive"])
 HELD_OUT = 5000
 METRIC_ROWS = 2000
 
 
-def embeddings(name: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(texts' labels, MiniLM embeddings) of a data file, encoding once into `cache` (temp file + rename)."""
-    table = pq.read_table(DATA / f"{name}.parquet")
-    path = cache / f"{name}_emb.npy"
-    if not path.is_file():
-        from synalign_ray.models import load_sentence_transformer
-
-        model = load_sentence_transformer("all-MiniLM-L6-v2")
-        emb = model.encode(table.column("text").to_pylist(), batch_size=128, normalize_embeddings=True,
-                           convert_to_numpy=True).astype(np.float32)
-        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, emb)
-        os.replace(tmp, path)
-    return np.asarray(table.column("label").to_pylist()), np.load(path)
+def embeddings(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, MiniLM embeddings) of a data file, encoded once into the shared cache."""
+    table, emb = cached_embeddings(name)
+    return np.asarray(table.column("label").to_pylist()), emb
 
 
-def build_sets(cache: Path, seed: int):
-    train_labels, train_emb = embeddings("sst2_train", cache)
-    dev_labels, dev_emb = embeddings("sst2_dev", cache)
-    news_labels, news_emb = embeddings("agnews_dev", cache)
+def build_sets(seed: int):
+    train_labels, train_emb = embeddings("sst2_train")
+    dev_labels, dev_emb = embeddings("sst2_dev")
+    news_labels, news_emb = embeddings("agnews_dev")
     rng = np.random.default_rng(seed)
     held = np.zeros(len(train_emb), bool)
     held[rng.choice(len(train_emb), size=HELD_OUT, replace=False)] = True
@@ -91,7 +78,6 @@ def evaluate(idx: np.ndarray, pool, test, real_sample: np.ndarray, bandwidth: fl
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cache", default="/tmp/synalign_bench")
     ap.add_argument("--size", type=int, default=4000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=300)
@@ -102,9 +88,7 @@ def main() -> None:
     ap.add_argument("--entropy", default="linear:0.002,rff:0.0005",
                     help="λ per feature kind for the 'with diversity control' rows")
     args = ap.parse_args()
-    cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    (real_emb, real_labels), test, pool = build_sets(cache, args.seed)
+    (real_emb, real_labels), test, pool = build_sets(args.seed)
     pool_emb, pool_labels, is_news = pool
     real_groups, pool_groups = codes(real_labels), codes(pool_labels)
     shares = np.bincount(real_groups, minlength=2) / len(real_groups)

@@ -6,52 +6,23 @@ Run: python jobs/measure_coverage.py [--rows 4000] [--steps 200]; prints tables,
 from __future__ import annotations
 
 import argparse
-import os
 import time
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
-import pyarrow.parquet as pq
+from bench_common import CACHE, cached_embeddings, cached_npy
 
 from synalign_ray.config import SelectionConfig
 from synalign_ray.metrics import convex_hull_coverage, knn_radii, knn_radius_coverage, tsne_map
 from synalign_ray.selection.schedule import build_schedule
 from synalign_ray.selection.tracker import AUTO_TAU_FACTOR, auto_tau
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-CACHE = Path(os.environ.get("SYNALIGN_BENCH_CACHE", "/tmp/synalign_bench"))
 DATASETS = {"SST-2": "sst2_dev", "AG News": "agnews_dev"}
 TAUS = [0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5, 2.0]
 KNN_BALL = 5
 
 
-def cached_npy(path: Path, compute) -> np.ndarray:
-    """Load path, or compute and write it via a temporary file + rename (other processes may race for it)."""
-    if path.is_file():
-        return np.load(path)
-    value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-    np.save(tmp, value)
-    os.replace(tmp, path)
-    return value
-
-
 def load(name: str, rows: int) -> tuple[np.ndarray, list[str], np.ndarray]:
-    table = pq.read_table(DATA_DIR / f"{name}.parquet")
-
-    def encode():
-        from synalign_ray.models import load_sentence_transformer
-
-        model = load_sentence_transformer("all-MiniLM-L6-v2")
-        return model.encode(table.column("text").to_pylist(), batch_size=128, normalize_embeddings=True,
-                            convert_to_numpy=True).astype(np.float32)
-
-    emb = cached_npy(CACHE / f"{name}_emb.npy", encode)
-    if emb.shape[0] != table.num_rows:
-        raise SystemExit(f"{CACHE / (name + '_emb.npy')} has {emb.shape[0]} rows, {name} has {table.num_rows}")
+    table, emb = cached_embeddings(name)
     pick = np.sort(np.random.default_rng(0).choice(table.num_rows, size=min(rows, table.num_rows), replace=False))
     return emb[pick], [table.column("label")[int(i)].as_py() for i in pick], pick
 

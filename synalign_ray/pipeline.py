@@ -391,6 +391,19 @@ def _run_fingerprint(cfg: SynAlignConfig) -> dict[str, Any]:
     return dump
 
 
+def _embedded_stage(run_dir: io.Location, name: str, rows: pa.Table, text_column: str, source: str | None,
+                    stage_cfg) -> tuple[dict[str, Any], pa.Table]:
+    """Embed `rows` into the run's `name` folder, or reuse that folder when it is already complete."""
+    loc = run_dir.join(name)
+    if (m := io.read_manifest(loc)) is not None:
+        log.info("stage %s: complete, reusing %s", name, loc.url)
+        return m, io.read_parts(loc, m)
+    cfg = stage_cfg(name)
+    embedded = embed_rows(rows, cfg, text_column)
+    return write_table(embedded, loc, cfg, {"kind": "embeddings", "input": source, "model": cfg.embedding.model,
+                                            "dim": embedded.schema.field(io.EMBEDDING).type.list_size}), embedded
+
+
 def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
     """`synalign run`: read -> embed -> tracker + generator pool -> embed generated -> align -> report.
 
@@ -436,17 +449,10 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
     t_run = time.monotonic()
     with ray_session(cfg):
         # 1. real rows -> embeddings
-        loc = run_dir.join("embeddings")
         t0 = time.monotonic()
-        if (m := io.read_manifest(loc)) is None:
-            embedded = embed_rows(real, cfg, cfg.data.text_column)
-            m = write_table(embedded, loc, stage_cfg("embeddings"), {
-                "kind": "embeddings", "input": cfg.data.path, "model": cfg.embedding.model,
-                "dim": embedded.schema.field(io.EMBEDDING).type.list_size})
-        else:
-            log.info("stage embeddings: complete, reusing %s", loc.url)
-            embedded = io.read_parts(loc, m)
-        manifests["embeddings"], timings["embed_real"] = m, time.monotonic() - t0
+        manifests["embeddings"], embedded = _embedded_stage(run_dir, "embeddings", real, cfg.data.text_column,
+                                                            cfg.data.path, stage_cfg)
+        timings["embed_real"] = time.monotonic() - t0
 
         # 2. central tracker + generator pool
         loc = run_dir.join("generated")
@@ -462,18 +468,11 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
                              f"{loc.url}/{io.MANIFEST} failure_reasons")
 
         # 3. generated rows -> embeddings
-        loc = run_dir.join("generated_embeddings")
         t0 = time.monotonic()
-        if (m := io.read_manifest(loc)) is None:
-            gen_rows = generated.append_column(io.ROW_ID, pa.array(np.arange(generated.num_rows, dtype=np.int64)))
-            gen_embedded = embed_rows(gen_rows, cfg, "text")
-            m = write_table(gen_embedded, loc, stage_cfg("generated_embeddings"), {
-                "kind": "embeddings", "input": run_dir.join("generated").url, "model": cfg.embedding.model,
-                "dim": gen_embedded.schema.field(io.EMBEDDING).type.list_size})
-        else:
-            log.info("stage generated_embeddings: complete, reusing %s", loc.url)
-            gen_embedded = io.read_parts(loc, m)
-        manifests["generated_embeddings"], timings["embed_generated"] = m, time.monotonic() - t0
+        gen_rows = generated.append_column(io.ROW_ID, pa.array(np.arange(generated.num_rows, dtype=np.int64)))
+        manifests["generated_embeddings"], gen_embedded = _embedded_stage(
+            run_dir, "generated_embeddings", gen_rows, "text", run_dir.join("generated").url, stage_cfg)
+        timings["embed_generated"] = time.monotonic() - t0
 
         # 4. distributed alignment + weighted resampling
         loc = run_dir.join("aligned")

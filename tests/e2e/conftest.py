@@ -14,8 +14,9 @@ def generation_config() -> GenerationConfig:
                             sampling=SamplingConfig(max_tokens=160, temperature=0.8))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def generator_pool(ray_local, generation_config):
+    """One engine for all end-to-end tests, shut down after them so its CPU is free for the rest of the suite."""
     from synalign_ray.generation.pool import GeneratorPool
 
     pool = GeneratorPool(generation_config)

@@ -102,6 +102,16 @@ def _cmd_report(args: argparse.Namespace) -> None:
     print(write_report(loc, build_config(manifest["config"]), manifest))
 
 
+def _cmd_coverage(args: argparse.Namespace) -> None:
+    from synalign_ray.pipeline import coverage_stage
+
+    r = coverage_stage(_config(args, []), args.input, args.schedule, seeds=args.seeds)
+    print(f"{r['groups']} groups (k={r['k']}) on a {r['map_rows']}-row t-SNE map:")
+    print(f"  hull coverage       schedule {r['hull_coverage']:.4f}   random {r['hull_coverage_random']:.4f} "
+          f"(x{r['hull_coverage'] / max(r['hull_coverage_random'], 1e-12):.2f}, mean of {r['random_seeds']} seeds)")
+    print(f"  kNN-radius coverage schedule {r['knn_radius_coverage']:.4f}   random {r['knn_radius_coverage_random']:.4f}")
+
+
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], None]]]:
     parser = argparse.ArgumentParser(prog="synalign", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,6 +140,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     p.add_argument("--size", type=int, help="rows to draw (sets alignment.size)")
     _add_common(p)
     handlers["align"] = _cmd_align
+
+    p = sub.add_parser("coverage", help="coverage of the real rows by a schedule's groups vs random selection")
+    p.add_argument("--input", required=True, help="a `synalign embed` output folder")
+    p.add_argument("--schedule", required=True, help="a `synalign select` output")
+    p.add_argument("--seeds", type=int, default=5, help="random baselines to average")
+    _add_common(p)
+    handlers["coverage"] = _cmd_coverage
 
     p = sub.add_parser("run", help="the whole job: embed, select, generate, align, report (resumable)")
     _add_common(p)

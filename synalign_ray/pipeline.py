@@ -473,6 +473,16 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
         manifests["generated_embeddings"], gen_embedded = _embedded_stage(
             run_dir, "generated_embeddings", gen_rows, "text", run_dir.join("generated").url, stage_cfg)
         timings["embed_generated"] = time.monotonic() - t0
+        near_duplicates = 0
+        if cfg.generation.dedup_near_threshold is not None:
+            from synalign_ray.generation.dedup import near_duplicate_keep
+
+            keep = near_duplicate_keep(io.embeddings_from_arrow(gen_embedded.column(io.EMBEDDING)),
+                                       gen_embedded.column("group_id").to_numpy(), cfg.generation.dedup_near_threshold)
+            near_duplicates = int((~keep).sum())
+            gen_embedded = gen_embedded.filter(pa.array(keep))
+            log.info("dropped %d near-duplicate rows (cosine > %s within a group)", near_duplicates,
+                     cfg.generation.dedup_near_threshold)
 
         # 4. distributed alignment + weighted resampling
         loc = run_dir.join("aligned")
@@ -501,6 +511,7 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
         "stages": {name: run_dir.join(name).url for name in RUN_STAGES},
         "counts": {"real_rows": real.num_rows, "groups": gen["groups_done"], "failed_groups": len(gen["failed_groups"]),
                    "generated_rows": gen["rows"], "duplicates_removed": gen["duplicates_removed"],
+                   "near_duplicates_removed": near_duplicates,
                    "aligned_rows": al["counts"]["rows"], "distinct_fraction": al["counts"]["distinct_fraction"]},
         "tokens": gen["tokens"], "generator_busy_fraction": gen["pool"]["busy_fraction"],
         "metrics": al["metrics"], "fit": al.get("fit", {}),
@@ -515,3 +526,48 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
     log.info("run complete: %d real rows -> %d generated -> %d aligned rows in %s", real.num_rows, gen["rows"],
              al["counts"]["rows"], run_dir.url)
     return manifest
+
+
+# --------------------------------------------------------------------------------------------------- coverage
+
+
+def coverage_stage(cfg: SynAlignConfig, embedded_path: str, schedule_path: str, seeds: int = 5,
+                   map_rows: int = 4000) -> dict[str, Any]:
+    """`synalign coverage`: how well a schedule's groups cover the real rows, against uniform random anchors.
+
+    Hull coverage (paper Appendix A.2.3) on a t-SNE map of at most `map_rows` rows (the anchors always on it) and
+    the k-NN-radius coverage of all demonstration rows in embedding space.
+    """
+    from synalign_ray import metrics
+
+    table, emb, _ = read_embedded(embedded_path, cfg)
+    schedule = read_schedule(schedule_path, cfg)
+    pos = {rid: i for i, rid in enumerate(table.column(io.ROW_ID).to_pylist())}
+    groups = schedule.column("demo_row_ids").to_pylist()
+    try:
+        anchors = np.array([pos[g[0]] for g in groups])
+        demo_rows = np.array([pos[r] for g in groups for r in g])
+    except KeyError as err:
+        raise InputError(f"schedule row id {err} is not in {embedded_path}: built from another input?") from None
+    k = len(groups[0]) - 1
+    rng = np.random.default_rng(cfg.selection.seed)
+    others = np.setdiff1d(np.arange(len(emb)), anchors)
+    sample = np.concatenate([anchors, rng.choice(others, size=min(len(others), max(map_rows - len(anchors), 0)),
+                                                 replace=False)])
+    points = metrics.tsne_map(emb[sample], seed=cfg.selection.seed)
+    radii = metrics.knn_radii(emb, k=5)
+    hull = float(metrics.convex_hull_coverage(points, np.arange(len(anchors)), k)[-1])
+    knn = metrics.knn_radius_coverage(emb, emb[demo_rows], k=5, radii=radii)
+    rand_hull, rand_knn = [], []
+    for s in range(seeds):
+        r = np.random.default_rng(cfg.selection.seed + 1 + s)
+        picks = r.choice(len(sample), size=len(anchors), replace=False)
+        rand_hull.append(float(metrics.convex_hull_coverage(points, picks, k)[-1]))
+        # Random groups of the same shape: uniform anchors, each with its k most cosine-similar rows.
+        rand_anchors = r.choice(len(emb), size=len(anchors), replace=False)
+        rand_rows = np.argsort(-(emb[rand_anchors] @ emb.T), axis=1)[:, :k + 1].ravel()
+        rand_knn.append(metrics.knn_radius_coverage(emb, emb[rand_rows], k=5, radii=radii))
+    result = {"groups": len(groups), "k": k, "map_rows": int(len(sample)), "hull_coverage": hull,
+              "hull_coverage_random": float(np.mean(rand_hull)), "knn_radius_coverage": knn,
+              "knn_radius_coverage_random": float(np.mean(rand_knn)), "random_seeds": seeds}
+    return result

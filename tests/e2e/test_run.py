@@ -75,6 +75,27 @@ def test_default_run_end_to_end_and_resume(run_target, generator_pool):
     assert loc.fs.find(loc.join("generated", "ledger").path) == ledgers
     assert io.read_parts(loc.join("aligned")).equals(aligned)
     assert third["counts"] == counts
+    if not out.startswith("s3://"):
+        _evaluate(out)
+
+
+def _evaluate(run_dir: str) -> None:
+    """The downstream check on the finished run: every loss with logistic regression, and the fine-tuning path
+    (GPU clusters) exercised on CPU with the packaged MiniLM as the transformer."""
+    sys.path.insert(0, str(REPO / "jobs"))
+    from evaluate import evaluate
+
+    from synalign_ray.models import resolve_embedding_model
+
+    for loss in ("ce", "imp", "dimp"):
+        res = evaluate(run_dir, None, loss=loss)["results"]
+        assert list(res) == ["real only", "real + random", "real + aligned"]
+        assert res["real only"]["synthetic_rows"] == 0 and res["real + aligned"]["synthetic_rows"] > 0
+        # 600 real SST-2 rows already separate the labels far better than chance.
+        assert all(0.6 < r["accuracy"] <= 1.0 and 0.0 < r["macro_f1"] <= 1.0 for r in res.values())
+    tuned = evaluate(run_dir, None, loss="dimp", classifier="finetune", model=resolve_embedding_model(
+        "all-MiniLM-L6-v2"), epochs=1, batch_size=16, max_train_rows=48)["results"]
+    assert all(r["train_rows"] == 48 and 0.0 <= r["accuracy"] <= 1.0 for r in tuned.values())
 
 
 def test_changed_config_against_an_old_run_dir_is_refused(tmp_path):

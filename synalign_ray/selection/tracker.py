@@ -120,6 +120,9 @@ class SelectionTracker:
         else:
             label_arr = np.asarray(self._labels)
             self._label_rows = {l: np.flatnonzero(label_arr == l) for l in sorted(set(self._labels))}
+        # Each label's unit embeddings, contiguous, so a group's kNN is one matvec without gathering rows each step.
+        self._label_unit = {l: self._unit if len(rows) == n else self._unit[rows]
+                            for l, rows in self._label_rows.items()}
         counts = {l: len(rows) for l, rows in self._label_rows.items()}
         self._quota = plan_quotas(counts, cfg.max_groups, cfg.budget, cfg.k)
         planned_rows = sum(self._quota.values()) * (cfg.k + 1)
@@ -172,9 +175,7 @@ class SelectionTracker:
         variance = self._gp.variance[candidates]
         top = candidates[variance == variance.max()]
         anchor = int(top[np.argmin(self._rank[top])])
-        others = candidates[candidates != anchor]
-        similarity = self._unit[others] @ self._unit[anchor]
-        neighbours = others[np.argsort(-similarity, kind="stable")[: self.cfg.k]]
+        neighbours = self._neighbours(label, anchor)
         group = np.concatenate([[anchor], neighbours]).astype(np.int64)
         variance_at_selection = float(self._gp.variance[anchor])
         self._gp.add(group)
@@ -183,6 +184,18 @@ class SelectionTracker:
         self._issued.append(group)
         self._variances.append(variance_at_selection)
         return self._record(len(self._issued) - 1, label)
+
+    def _neighbours(self, label, anchor: int) -> np.ndarray:
+        """The k not-yet-issued rows of `label` most cosine-similar to `anchor`, ties in row order."""
+        rows = self._label_rows[label]
+        similarity = self._label_unit[label] @ self._unit[anchor]
+        similarity[~self._available[rows]] = -np.inf
+        similarity[np.searchsorted(rows, anchor)] = -np.inf
+        # Stable order of the top k without sorting the whole label: everything ≥ the k-th largest value, sorted.
+        # The quota clamp leaves ≥ k + 1 available rows per label, so the k chosen are all finite.
+        k = self.cfg.k
+        top = np.flatnonzero(similarity >= np.partition(similarity, -k)[-k])
+        return rows[top[np.argsort(-similarity[top], kind="stable")[:k]]]
 
     def _record(self, group_id: int, label) -> dict:
         group = self._issued[group_id]

@@ -104,6 +104,19 @@ def test_incremental_update_equals_full_recomputation(sst2):
     np.testing.assert_allclose(gp.variance, 1.0 - (v * v).sum(axis=0), atol=1e-5)
 
 
+@pytest.mark.parametrize("kernel", ["exponential", "rbf"])
+def test_duplicate_and_near_duplicate_rows_match_float64(sst2, kernel):
+    # float32 ‖a‖² + ‖b‖² − 2ab would put exact duplicates at d ≈ 3e-4, i.e. κ ≈ 1 − 2.5e-4 for the exponential kernel
+    points = np.concatenate([sst2[:300], sst2[:10], sst2[:10] + np.float32(1e-4)])
+    tau, noise = 0.6, 1e-2
+    group = np.arange(10)
+    gp = IncrementalGP(points, kernel, tau, noise)
+    gp.add(group)
+    k_ga = cross_kernel(points[group], points, kernel, tau)
+    v = solve_triangular(np.linalg.cholesky(k_ga[:, group] + noise * np.eye(10)), k_ga, lower=True)
+    np.testing.assert_allclose(gp.variance, 1.0 - (v * v).sum(axis=0), atol=1e-6)
+
+
 def test_variance_never_increases_and_starts_at_prior(sst2):
     gp = IncrementalGP(sst2, "rbf", 0.5, 1.0)
     assert np.array_equal(gp.variance, np.ones(N_ROWS))

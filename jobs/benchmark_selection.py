@@ -9,42 +9,19 @@ Run: python jobs/benchmark_selection.py; prints a table of times, memory and rat
 from __future__ import annotations
 
 import argparse
-import os
 import time
 import tracemalloc
-from pathlib import Path
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gpytorch
 import numpy as np
-import pyarrow.parquet as pq
 import torch
+from bench_common import cached_embeddings
 
 from synalign_ray.config import SelectionConfig
 from synalign_ray.selection.gp import lengthscale
 from synalign_ray.selection.tracker import SelectionTracker, auto_tau
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2_train.parquet"
-CACHE = Path(os.environ.get("SYNALIGN_BENCH_CACHE", "/tmp/synalign_bench"))
 PREDICT_ROWS = 2048  # rows per ExactGP prediction call
-
-
-def sst2_train_embeddings() -> tuple[np.ndarray, list[str]]:
-    """All SST-2 train rows embedded with MiniLM, cached (temp file + rename: other jobs may write it too)."""
-    table = pq.read_table(DATA)
-    path = CACHE / "sst2_train_emb.npy"
-    if not path.is_file():
-        from synalign_ray.models import load_sentence_transformer
-
-        model = load_sentence_transformer("all-MiniLM-L6-v2")
-        emb = model.encode(table.column("text").to_pylist(), batch_size=256, normalize_embeddings=True,
-                           convert_to_numpy=True).astype(np.float32)
-        CACHE.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.stem}.tmp{os.getpid()}.npy")
-        np.save(tmp, emb)
-        os.replace(tmp, path)
-    return np.load(path), table.column("label").to_pylist()
 
 
 class ExactGPRefit:
@@ -140,15 +117,11 @@ def update_products_seconds(n: int, group: int, groups: int) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--groups", type=int, default=200, help="groups on the full data (k+1 rows each)")
-    parser.add_argument("--k", type=int, default=9)
-    parser.add_argument("--subset", type=int, default=5000)
-    parser.add_argument("--baseline-groups", type=int, default=60, help="groups the ExactGP refit runs on the subset")
-    args = parser.parse_args()
-
-    emb, labels = sst2_train_embeddings()
+def run(n_groups: int = 200, k: int = 9, subset: int = 5000, baseline_groups: int = 60) -> list[dict]:
+    """Time the tracker, its bounds and the refit baseline; print the table and return benchmark rows."""
+    args = argparse.Namespace(groups=n_groups, k=k, subset=subset, baseline_groups=baseline_groups)
+    table, emb = cached_embeddings("sst2_train")
+    labels = table.column("label").to_pylist()
     n = emb.shape[0]
     cfg = SelectionConfig(k=args.k, max_groups=args.groups, threshold=1e-6)
 
@@ -195,6 +168,22 @@ def main() -> None:
     print(f"| subset {args.subset} rows, {args.baseline_groups} groups: ExactGP refit | {t_ref_sub:.2f} | - "
           f"| refit / incremental = {t_ref_sub / t_inc_sub:.0f} |")
     print(f"\nselections on the subset identical (incremental vs ExactGP refit): {identical}")
+    return [{"stage": "selection: refit / incremental (s)", "ours": t_full, "baseline": t_ref_full,
+             "ratio": t_ref_full / t_full, "target": f">= 100x, identical selections: {identical}"},
+            {"stage": "selection: incremental / flop bound (s)", "ours": t_full, "baseline": t_bound,
+             "ratio": t_full / t_bound, "target": "<= 5x"},
+            {"stage": "selection: incremental / update-shape bound (s)", "ours": t_full, "baseline": t_shape_bound,
+             "ratio": t_full / t_shape_bound, "target": "<= 5x"}]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--groups", type=int, default=200, help="groups on the full data (k+1 rows each)")
+    parser.add_argument("--k", type=int, default=9)
+    parser.add_argument("--subset", type=int, default=5000)
+    parser.add_argument("--baseline-groups", type=int, default=60, help="groups the ExactGP refit runs on the subset")
+    args = parser.parse_args()
+    run(args.groups, args.k, args.subset, args.baseline_groups)
 
 
 if __name__ == "__main__":

@@ -73,7 +73,7 @@ class SamplingConfig(_Strict):
 
     temperature: NonNegativeFloat = 0.8
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    max_tokens: PositiveInt = 384
+    max_tokens: PositiveInt = 1024  # prompts.char_budgets turns it into per-string limits
     seed: int = 0
 
 

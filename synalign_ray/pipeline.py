@@ -191,11 +191,19 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
     `GeneratorPool` of the same model may be passed in to skip engine start-up; it is left running.
     """
     from synalign_ray.generation.ledger import GenerationLedger
-    from synalign_ray.generation.prompts import load_preset, prompt_fingerprint
+    from synalign_ray.generation.prompts import char_budgets, load_preset, prompt_fingerprint
     from synalign_ray.models import check_llm
 
     g = cfg.generation
     preset = load_preset(g.preset, g.presets_file)
+    budgets = char_budgets(preset, g.samples_per_summary, g.sampling.max_tokens)
+    if not budgets.fits:
+        log.warning("generation.sampling.max_tokens=%d cannot hold a JSON answer of this preset; every request will "
+                    "be cut off and its group reported as failed", g.sampling.max_tokens)
+    elif budgets.sample < preset.max_sample_chars:
+        log.warning("generation.sampling.max_tokens=%d caps each of %d samples at %d characters (preset %s allows %d); "
+                    "set it to %d to let samples reach full length", g.sampling.max_tokens, g.samples_per_summary,
+                    budgets.sample, preset.name, preset.max_sample_chars, budgets.sample_tokens_needed)
     real = real if real is not None else io.read_real_rows(cfg.data, cfg.storage)
     schedule = read_schedule(schedule_path, cfg) if schedule_path else None
     if schedule is not None:
@@ -290,7 +298,7 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
         "kind": "generated", "input": cfg.data.path, "schedule": schedule_path, "output": out.url,
         "parts": parts, "rows": totals["rows"], **totals,
         "groups_total": total, "model": g.model, "model_path": pool.info["model_path"], "mode": g.mode,
-        "preset": preset.name, "prompt_hash": prompt_fingerprint(preset, g.mode, g.samples_per_summary),
+        "preset": preset.name, "prompt_hash": prompt_fingerprint(preset, g.mode, g.samples_per_summary, g.sampling.max_tokens),
         "pool": {"generators": g.num_generators, "batches_this_run": stats.batches,
                  "busy_fraction": round(stats.busy_fraction, 4), "actor_replacements": stats.actor_replacements,
                  "output_tokens_per_second": round(stats.completion_tokens / max(stats.wall_seconds, 1e-9), 1)},

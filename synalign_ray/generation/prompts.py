@@ -30,6 +30,7 @@ class Preset:
     label_meanings: dict[str, str] = field(default_factory=dict)
     samples_per_summary: int | None = None
     instructions: tuple[str, ...] = ()
+    max_sample_chars: int = 300  # longest sample the stage-2 schema admits; near the real data's 99th percentile
 
     def label_text(self, label: str | None) -> str:
         if label is None:
@@ -47,6 +48,7 @@ PRESETS: dict[str, Preset] = {
         instructions=("Each snippet talks about a different movie of a similar genre.",
                       "Keep the sentiment of the examples.",
                       "Match the review length and language habits of the summary."),
+        max_sample_chars=192,  # SST-2 train: 99th percentile 192 characters, longest 267
     ),
     "agnews": Preset(
         name="agnews",
@@ -58,6 +60,7 @@ PRESETS: dict[str, Preset] = {
         instructions=("Each article covers a different event within the same news topic.",
                       "Use 1-2 of the subtopics for each article.",
                       "Match the writing style and length of the summary."),
+        max_sample_chars=450,  # AG News: 99th percentile 434 characters
     ),
     "amazon": Preset(
         name="amazon",
@@ -69,6 +72,7 @@ PRESETS: dict[str, Preset] = {
                       "Follow the usage experience, writing style and subtopics of the summary.",
                       "Select only 1-2 subtopics for each review.",
                       "Make each review unique, concise and distinct in language."),
+        max_sample_chars=600,
     ),
     "queries": Preset(
         name="queries",
@@ -78,6 +82,7 @@ PRESETS: dict[str, Preset] = {
         instructions=("Each query looks for a different but similar app or item.",
                       "Keep queries short, as users type them: fragments, substrings and occasional typos.",
                       "Vary the wording; do not repeat a query."),
+        max_sample_chars=64,
     ),
 }
 
@@ -85,7 +90,8 @@ PRESETS: dict[str, Preset] = {
 def _preset_from_mapping(name: str, spec: Any, where: str) -> Preset:
     if not isinstance(spec, dict):
         raise ConfigError(f"preset '{name}' in {where} must be a mapping")
-    allowed = {"description", "sample_noun", "attributes", "label_meanings", "samples_per_summary", "instructions"}
+    allowed = {"description", "sample_noun", "attributes", "label_meanings", "samples_per_summary", "instructions",
+               "max_sample_chars"}
     unknown = set(spec) - allowed
     if unknown:
         raise ConfigError(f"preset '{name}' in {where}: unknown key(s) {sorted(unknown)}")
@@ -97,13 +103,17 @@ def _preset_from_mapping(name: str, spec: Any, where: str) -> Preset:
     n = spec.get("samples_per_summary")
     if n is not None and (not isinstance(n, int) or n <= 0):
         raise ConfigError(f"preset '{name}' in {where}: samples_per_summary must be a positive integer")
+    max_chars = spec.get("max_sample_chars", Preset.max_sample_chars)
+    if not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars <= 0:
+        raise ConfigError(f"preset '{name}' in {where}: max_sample_chars must be a positive integer")
     keys = [attribute_key(a) for a in attrs]
     if len(set(keys)) != len(keys):
         raise ConfigError(f"preset '{name}' in {where}: attributes must be distinct")
     return Preset(name=name, description=spec["description"].strip(),
                   sample_noun=str(spec.get("sample_noun", "sample")), attributes=tuple(attrs),
                   label_meanings={str(k): str(v) for k, v in (spec.get("label_meanings") or {}).items()},
-                  samples_per_summary=n, instructions=tuple(spec.get("instructions") or ()))
+                  samples_per_summary=n, instructions=tuple(spec.get("instructions") or ()),
+                  max_sample_chars=max_chars)
 
 
 def load_preset(name: str, presets_file: str | None = None) -> Preset:
@@ -135,19 +145,49 @@ def attribute_key(attribute: str) -> str:
 # ------------------------------------------------------------------------------------------------- schemas
 
 
-def summary_schema(preset: Preset) -> dict[str, Any]:
-    """Stage 1 output: one string field per attribute, all required, nothing else."""
-    props = {attribute_key(a): {"type": "string", "minLength": 1} for a in preset.attributes}
+SUMMARY_MAX_CHARS = 80  # one attribute's summary: a phrase, not an essay
+
+
+@dataclass(frozen=True)
+class CharBudgets:
+    """Longest string the schemas admit: per stage-1 attribute value and per stage-2 sample."""
+
+    summary_value: int
+    sample: int
+    sample_tokens_needed: int  # max_tokens that would let samples reach the preset's max_sample_chars
+    fits: bool  # False when max_tokens cannot hold even the JSON skeleton with one-character strings
+
+
+def char_budgets(preset: Preset, n: int, max_tokens: int) -> CharBudgets:
+    """Character limits under which a compact JSON answer always closes within `max_tokens`.
+
+    A token decodes to at least one character for nearly all text (the exceptions are characters split into
+    several byte tokens, e.g. emoji), so the JSON skeleton plus the strings' limits, counted in characters,
+    bounds the answer's token count; one token is kept for the end-of-sequence token.
+    """
+    keys = [attribute_key(a) for a in preset.attributes]
+    summary_skeleton = len(json.dumps({k: "" for k in keys}, separators=(",", ":")))
+    samples_skeleton = len(json.dumps({"samples": [""] * n}, separators=(",", ":")))
+    value = min(SUMMARY_MAX_CHARS, (max_tokens - 1 - summary_skeleton) // len(keys))
+    sample = min(preset.max_sample_chars, (max_tokens - 1 - samples_skeleton) // n)
+    return CharBudgets(summary_value=max(value, 1), sample=max(sample, 1),
+                       sample_tokens_needed=samples_skeleton + 1 + n * preset.max_sample_chars,
+                       fits=value >= 1 and sample >= 1)
+
+
+def summary_schema(preset: Preset, max_chars: int = SUMMARY_MAX_CHARS) -> dict[str, Any]:
+    """Stage 1 output: one short string field per attribute, all required, nothing else."""
+    props = {attribute_key(a): {"type": "string", "minLength": 1, "maxLength": max_chars} for a in preset.attributes}
     return {"type": "object", "properties": props, "required": list(props), "additionalProperties": False}
 
 
-def samples_schema(n: int) -> dict[str, Any]:
-    """Stage 2 output: exactly n non-empty strings."""
+def samples_schema(n: int, max_chars: int) -> dict[str, Any]:
+    """Stage 2 output: exactly n non-empty strings of at most max_chars characters."""
     return {"type": "object",
-            "properties": {"samples": {"type": "array", "items": {"type": "string", "minLength": 1},
+            "properties": {"samples": {"type": "array",
+                                       "items": {"type": "string", "minLength": 1, "maxLength": max_chars},
                                        "minItems": n, "maxItems": n}},
             "required": ["samples"], "additionalProperties": False}
-
 
 # ------------------------------------------------------------------------------------------------- prompts
 
@@ -210,11 +250,12 @@ def simprompt_messages(preset: Preset, label: str | None, n: int) -> Messages:
     return [{"role": "user", "content": content}]
 
 
-def prompt_fingerprint(preset: Preset, mode: str, n: int) -> str:
-    """A hash of every template and preset field, recorded in manifests so runs can be compared."""
+def prompt_fingerprint(preset: Preset, mode: str, n: int, max_tokens: int) -> str:
+    """A hash of every template, preset field and schema, recorded in manifests so runs can be compared."""
+    budgets = char_budgets(preset, n, max_tokens)
     probe = (stage1_messages(preset, ["<x>"], "<y>"), stage2_messages(preset, {"a": "<s>"}, "<y>", n),
              one_stage_messages(preset, ["<x>"], "<y>", n), simprompt_messages(preset, "<y>", n), mode,
-             summary_schema(preset), samples_schema(n))
+             summary_schema(preset, budgets.summary_value), samples_schema(n, budgets.sample))
     return hashlib.sha256(json.dumps(probe, sort_keys=True).encode()).hexdigest()[:16]
 
 

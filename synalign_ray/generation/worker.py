@@ -108,6 +108,7 @@ class Generator:
         failures: list[dict[str, Any]] = []
         group_tokens = {g.group_id: [0, 0] for g in groups}
         by_id = {g.group_id: g for g in groups}
+        budgets = P.char_budgets(preset, n, cfg.sampling.max_tokens)
         summaries: dict[int, dict[str, str] | None] = {}
 
         def parse_samples(text, finish):
@@ -116,15 +117,15 @@ class Generator:
         if mode == "two_stage":
             summaries = self._run_stage(
                 cfg, "stage1", {g.group_id: P.stage1_messages(preset, g.texts, g.label) for g in groups},
-                P.summary_schema(preset), lambda text, finish: P.parse_summary(text, preset, finish),
-                tokens, failures, group_tokens)
+                P.summary_schema(preset, budgets.summary_value),
+                lambda text, finish: P.parse_summary(text, preset, finish), tokens, failures, group_tokens)
             stage2 = {gid: P.stage2_messages(preset, s, by_id[gid].label, n) for gid, s in summaries.items()}
         elif mode == "one_stage":
             stage2 = {g.group_id: P.one_stage_messages(preset, g.texts, g.label, n) for g in groups}
         else:
             stage2 = {g.group_id: P.simprompt_messages(preset, g.label, n) for g in groups}
-        samples = self._run_stage(cfg, "stage2", stage2, P.samples_schema(n), parse_samples, tokens, failures,
-                                  group_tokens)
+        samples = self._run_stage(cfg, "stage2", stage2, P.samples_schema(n, budgets.sample), parse_samples, tokens,
+                                  failures, group_tokens)
 
         rows: list[dict[str, Any]] = []
         for g in groups:

@@ -38,8 +38,36 @@ def test_schemas_follow_the_preset():
     schema = P.summary_schema(preset)
     assert schema["required"] == ["news_topic", "writing_style", "news_length", "subtopics", "location"]
     assert schema["additionalProperties"] is False
-    s = P.samples_schema(5)["properties"]["samples"]
-    assert s["minItems"] == s["maxItems"] == 5
+    assert all(v["maxLength"] == P.SUMMARY_MAX_CHARS for v in schema["properties"].values())
+    s = P.samples_schema(5, 120)["properties"]["samples"]
+    assert s["minItems"] == s["maxItems"] == 5 and s["items"]["maxLength"] == 120
+
+
+@pytest.mark.parametrize("name", sorted(P.PRESETS))
+@pytest.mark.parametrize("n, max_tokens", [(1, 64), (3, 160), (5, 1024), (8, 576), (5, 3072)])
+def test_char_budgets_let_the_longest_admitted_answer_close_within_max_tokens(name, n, max_tokens):
+    preset = P.PRESETS[name]
+    b = P.char_budgets(preset, n, max_tokens)
+    keys = [P.attribute_key(a) for a in preset.attributes]
+
+    def summary_chars(width):
+        return len(json.dumps({k: "x" * width for k in keys}, separators=(",", ":")))
+
+    def samples_chars(width):
+        return len(json.dumps({"samples": ["x" * width] * n}, separators=(",", ":")))
+
+    # At one token per character the longest admitted answer plus end-of-sequence fits; one more character
+    # per string would not, unless the limit is the preset's own (SUMMARY_MAX_CHARS, max_sample_chars).
+    assert b.fits == (summary_chars(1) + 1 <= max_tokens and samples_chars(1) + 1 <= max_tokens)
+    if not b.fits:  # the JSON skeleton alone overflows: strings get the 1-character floor
+        assert b.summary_value == 1 or b.sample == 1
+        return
+    assert summary_chars(b.summary_value) + 1 <= max_tokens
+    assert b.summary_value == P.SUMMARY_MAX_CHARS or summary_chars(b.summary_value + 1) + 1 > max_tokens
+    assert samples_chars(b.sample) + 1 <= max_tokens
+    assert b.sample == preset.max_sample_chars or samples_chars(b.sample + 1) + 1 > max_tokens
+    assert b.sample_tokens_needed == samples_chars(preset.max_sample_chars) + 1
+    assert P.char_budgets(preset, n, b.sample_tokens_needed).sample == preset.max_sample_chars
 
 
 def test_parse_accepts_valid_and_fenced_json():
@@ -88,6 +116,13 @@ def test_user_presets_from_yaml(tmp_path):
         P.load_preset("empty", str(f))
     with pytest.raises(ConfigError, match="unknown key"):
         P.load_preset("typo", str(f))
+    f2 = tmp_path / "lengths.yaml"
+    f2.write_text("short:\n  description: d\n  attributes: [a]\n  max_sample_chars: 40\n"
+                  "zero:\n  description: d\n  attributes: [a]\n  max_sample_chars: 0\n")
+    assert P.load_preset("short", str(f2)).max_sample_chars == 40
+    assert p.max_sample_chars == P.Preset.max_sample_chars
+    with pytest.raises(ConfigError, match="max_sample_chars must be a positive integer"):
+        P.load_preset("zero", str(f2))
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
         P.load_preset("nope", str(f))
     with pytest.raises(ConfigError, match="presets_file not found"):

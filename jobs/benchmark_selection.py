@@ -58,6 +58,11 @@ class ExactGPRefit:
         with torch.no_grad(), gpytorch.settings.fast_pred_var(False), gpytorch.settings.max_cholesky_size(10**6):
             self.variance = np.concatenate([model(chunk).variance.numpy() for chunk in self.x.split(PREDICT_ROWS)])
 
+    def top_variance(self, candidates: np.ndarray) -> tuple[float, np.ndarray]:
+        values = self.variance[candidates]
+        best = values.max()
+        return float(best), candidates[values == best]
+
 
 def run_tracker(emb, labels, cfg, refit: bool = False) -> tuple[list[list[int]], float]:
     """Drain a tracker; with refit, its GP is swapped for ExactGPRefit (same selection rule, other variance source)."""

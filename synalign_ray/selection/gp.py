@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from scipy.linalg import solve_triangular
 
 Kernel = Literal["exponential", "rbf"]
 
@@ -16,6 +15,7 @@ Kernel = Literal["exponential", "rbf"]
 # fraction of ‖a‖² + ‖b‖² the entry is recomputed in float64 from a − b: the exponential kernel's slope is unbounded
 # at d = 0, so near-duplicate rows would otherwise be off by ~1e-4, while above it the error stays below ~1e-6.
 NEAR_FRACTION = 0.02
+VARIANCE_CHUNK = 4096  # rows per pending-column evaluation when every variance is asked for
 
 
 def lengthscale(kernel: Kernel, tau: float) -> float:
@@ -67,31 +67,44 @@ class IncrementalGP:
     K_SS + σ_n² I and V = L⁻¹ K_S,all, adding a group G extends L by [L21 L22] and V by V_G = L22⁻¹ (K_G,all − L21 V).
     L21ᵀ = L11⁻¹ K_S,G is V's columns at the rows of G, so L itself is never stored or solved against (reading L21
     from the float32 V instead of a float64 solve moved the variance by ≤ 4e-6 against a float64 recomputation at
-    σ_n² = 1e-2, |S| = 1500, tight kNN groups; the solve cost |S|²·|G| and a float64 copy of L11 per group). The cost per
-    group is one kernel block κ(all, G) (N·d·|G|), one product L21 V (N·|S|·|G|, the dominant term) and one |G|×|G|
-    Cholesky; memory is O(N·|S|) for V. Variance = 1 − Σ_rows V², kept as a running sum.
+    σ_n² = 1e-2, |S| = 1500, tight kNN groups). Variance = 1 − Σ_rows V², kept as a running sum; memory O(N·|S|).
 
-    The N-sized pieces (embeddings, V, kernel blocks, the product) are float32: every group streams them through
-    memory. The |G|-sized pieces (K_GG, the Schur complement, L22) are float64.
+    Deferred update: extending V for all N rows after every group streams the whole of V through memory for a
+    product only |G| wide, which ran at a fifth of this machine's matmul rate. Instead the new groups' rows of V are
+    kept pending (their L21 and L22⁻¹ only) and written for all rows at once when `sync_rows` rows are pending: the
+    same N·|S|² flops, in products `sync_rows` wide. Between syncs, `top_variance` finds the exact maximum from
+    upper bounds: a row's variance as of the last sync bounds it from above (variance never increases), so only the
+    rows whose bound reaches the best exact value so far have their pending rows of V computed, a few dozen per step
+    on real data. `variance` syncs first, so every value it returns is exact.
+
+    The N-sized pieces (embeddings, V, kernel blocks, the products) are float32: syncs stream them through
+    memory. The |G|-sized pieces (K_GG, the Schur complement, L22) and the bounded rows' pending values are float64.
     """
 
-    def __init__(self, points: np.ndarray, kernel: Kernel, tau: float, noise: float, capacity: int = 0):
+    def __init__(self, points: np.ndarray, kernel: Kernel, tau: float, noise: float, capacity: int = 0,
+                 sync_rows: int = 64):
         if points.ndim != 2 or points.shape[0] == 0:
             raise ValueError(f"points must be a non-empty 2-D array, got shape {points.shape}")
         self.points = np.ascontiguousarray(points, dtype=np.float32)
         self.kernel: Kernel = kernel
         self.tau = float(tau)
         self.noise = float(noise)
+        self.sync_rows = max(int(sync_rows), 1)
         n = self.points.shape[0]
         self._sq_norms = np.einsum("ij,ij->i", self.points, self.points)
         self._n_observed = 0
+        self._n_synced = 0  # observed rows whose rows of V are written for every point
+        # Since the last sync: the pending rows of L restricted to the synced columns (pending × synced), and the
+        # inverse of their block among themselves (pending × pending, lower triangular); float64, both small.
+        self._pending_l21 = np.zeros((0, 0))
+        self._pending_inv = np.zeros((0, 0))
         # `capacity` observed rows are allocated up front (no regrowth copies when the caller knows its budget);
         # beyond it, capacity doubles.
         self._observed = np.empty(capacity, dtype=np.int64)
-        # Vᵀ, row-major (N, capacity): the update product is then (N × |S|)·(|S| × |G|), which OpenBLAS ran at
-        # 35-40 GFLOP/s here against 6-12 for (|G| × |S|)·(|S| × N) (numpy or torch; |S| = 2000, N = 60k).
+        # Vᵀ, row-major (N, capacity): the sync product is then (N × |S|)·(|S| × width), which OpenBLAS ran
+        # several times faster than (width × |S|)·(|S| × N) here (numpy or torch; |S| = 2000, N = 60k).
         self._v_t = np.zeros((n, capacity), dtype=np.float32)
-        self._sum_sq = np.zeros(n, dtype=np.float64)  # Σ_rows V², float64 so the running sum never drifts
+        self._sum_sq = np.zeros(n, dtype=np.float64)  # Σ_rows V² over synced rows; float64 so it never drifts
 
     @property
     def n_observed(self) -> int:
@@ -104,8 +117,15 @@ class IncrementalGP:
 
     @property
     def variance(self) -> np.ndarray:
-        """Posterior variance of the latent function at every row (float64, length N)."""
-        return 1.0 - self._sum_sq
+        """Posterior variance of the latent function at every row (float64, length N), exact, pending groups
+        included. Reading it leaves the state as it was, so queries never change later results."""
+        variance = 1.0 - self._sum_sq
+        if self._n_observed > self._n_synced:
+            for start in range(0, variance.shape[0], VARIANCE_CHUNK):
+                rows = np.arange(start, min(start + VARIANCE_CHUNK, variance.shape[0]))
+                pending = self._pending_columns(rows)
+                variance[rows] -= np.einsum("ij,ij->i", pending, pending)
+        return variance
 
     def _reserve(self, needed: int) -> None:
         capacity = self._observed.shape[0]
@@ -116,7 +136,7 @@ class IncrementalGP:
         observed = np.empty(new_capacity, dtype=np.int64)
         observed[:m] = self._observed[:m]
         v_t = np.zeros((self.points.shape[0], new_capacity), dtype=np.float32)
-        v_t[:, :m] = self._v_t[:, :m]
+        v_t[:, :self._n_synced] = self._v_t[:, :self._n_synced]
         self._observed, self._v_t = observed, v_t
 
     def _kernel_to_all(self, group: np.ndarray) -> np.ndarray:
@@ -133,24 +153,93 @@ class IncrementalGP:
         np.maximum(sq, 0.0, out=sq)
         return kernel_from_sq_dist(sq, self.kernel, self.tau)
 
+    def _pending_columns(self, rows: np.ndarray) -> np.ndarray:
+        """Pending rows of V at the points `rows`, float64 (len(rows), pending)."""
+        s, m = self._n_synced, self._n_observed
+        residual = cross_kernel(self.points[rows], self.points[self._observed[s:m]], self.kernel, self.tau)
+        if s:
+            residual -= self._v_t[rows, :s].astype(np.float64) @ self._pending_l21.T
+        return residual @ self._pending_inv.T
+
     def add(self, group: np.ndarray) -> None:
-        """Observe the rows `group` (target 0) and update V and the variance of every row."""
+        """Observe the rows `group` (target 0); V and the variances follow (now or at the next sync)."""
         group = np.asarray(group, dtype=np.int64)
-        m, g = self._n_observed, group.shape[0]
+        s, m, g = self._n_synced, self._n_observed, group.shape[0]
         self._reserve(m + g)
         rows = self.points[group]
-        residual = self._kernel_to_all(group)  # κ(all, G) = K_G,allᵀ, becomes (K_G,all − L21 V)ᵀ
         schur = cross_kernel(rows, rows, self.kernel, self.tau) + self.noise * np.eye(g)
-        if m:
-            l21 = self._v_t[group, :m]
-            schur -= l21.astype(np.float64) @ l21.T.astype(np.float64)
-            residual -= self._v_t[:, :m] @ l21.T
-        l22 = np.linalg.cholesky(schur)
-        # V_Gᵀ = residual · L22⁻ᵀ. L22 is well conditioned (the Schur complement is ≥ σ_n² I), so its |G|×|G| inverse
-        # is as accurate as a solve and keeps the product in the (N, |G|) layout the state is stored in.
-        v_new_t = residual.astype(np.float64) @ solve_triangular(l22, np.eye(g), lower=True, check_finite=False).T
-        self._v_t[:, m:m + g] = v_new_t
-        # Only the new rows of V change the sum: a block Cholesky extension leaves the older rows untouched.
-        self._sum_sq += np.einsum("ij,ij->i", v_new_t, v_new_t)
+        l21_synced = self._v_t[group, :s].astype(np.float64)
+        l21_pending = self._pending_columns(group)
+        schur -= l21_synced @ l21_synced.T + l21_pending @ l21_pending.T
+        # L22 is well conditioned (the Schur complement is ≥ σ_n² I), and so is the pending block of L built from
+        # such diagonal blocks: its inverse turns every later forward substitution into one product.
+        l22_inv = np.linalg.inv(np.linalg.cholesky(schur))
+        j = m - s
+        inverse = np.zeros((j + g, j + g))
+        inverse[:j, :j] = self._pending_inv
+        inverse[j:, :j] = -l22_inv @ l21_pending @ self._pending_inv
+        inverse[j:, j:] = l22_inv
+        self._pending_inv = inverse
+        self._pending_l21 = np.concatenate([self._pending_l21.reshape(j, s), l21_synced])
         self._observed[m:m + g] = group
         self._n_observed = m + g
+        if self._n_observed - s >= self.sync_rows:
+            self.sync()
+
+    def sync(self) -> None:
+        """Write the pending groups' rows of V for every point: one product as wide as all of them together.
+
+        Called by `add` every `sync_rows` rows only, so the state (and its rounding) depends on the groups added,
+        never on which queries were made in between: a resumed tracker reproduces the original bit for bit.
+        """
+        s, m = self._n_synced, self._n_observed
+        if m == s:
+            return
+        residual = self._kernel_to_all(self._observed[s:m])  # (N, pending) float32: K_P,allᵀ
+        if s:
+            residual -= self._v_t[:, :s] @ self._pending_l21.T.astype(np.float32)
+        new_rows_t = residual.astype(np.float64) @ self._pending_inv.T
+        self._v_t[:, s:m] = new_rows_t
+        # Only the new rows of V change the sum: a block Cholesky extension leaves the older rows untouched.
+        self._sum_sq += np.einsum("ij,ij->i", new_rows_t, new_rows_t)
+        self._n_synced = m
+        self._pending_l21 = np.zeros((0, m))
+        self._pending_inv = np.zeros((0, 0))
+
+    def top_variance(self, candidates: np.ndarray) -> tuple[float, np.ndarray]:
+        """(largest exact variance among `candidates`, the candidates that have it), without a sync.
+
+        Candidates are bounded by their variance as of the last sync; the best bounds are evaluated exactly in
+        chunks that double in size until the next bound falls below the best exact value.
+        """
+        candidates = np.asarray(candidates, dtype=np.int64)
+        bound = 1.0 - self._sum_sq[candidates]
+        if self._n_observed == self._n_synced:
+            best = bound.max()
+            return float(best), candidates[bound == best]
+        best, tops, done, chunk = -np.inf, candidates[:0], 0, 64
+        # Bounds in decreasing order, sorted a prefix at a time (most steps stop within the first chunk). A longer
+        # prefix appends only rows not yet evaluated: among tied bounds the partition may pick other rows each time.
+        order = np.empty(0, dtype=np.int64)
+        evaluated = np.zeros(bound.shape[0], dtype=bool)
+        while done < bound.shape[0]:
+            if done == order.shape[0]:
+                width = min(done + chunk, bound.shape[0])
+                part = np.argpartition(-bound, width - 1)[:width] if width < bound.shape[0] else np.arange(width)
+                part = np.sort(part[~evaluated[part]])
+                order = np.concatenate([order, part[np.argsort(-bound[part], kind="stable")]])
+            if bound[order[done]] < best:
+                break
+            take = order[done:done + chunk]
+            evaluated[take] = True
+            rows = candidates[take]
+            pending = self._pending_columns(rows)
+            exact = bound[take] - np.einsum("ij,ij->i", pending, pending)
+            top = exact.max()
+            if top > best:
+                best, tops = top, rows[exact == top]
+            elif top == best:
+                tops = np.concatenate([tops, rows[exact == top]])
+            done += take.shape[0]
+            chunk = min(2 * chunk, VARIANCE_CHUNK)
+        return float(best), tops

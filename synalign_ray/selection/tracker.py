@@ -147,37 +147,35 @@ class SelectionTracker:
             if record is None or list(self._issued[-1]) != list(expected):
                 raise InputError(f"selection checkpoint diverges from these inputs at group {i}")
 
-    def _candidates(self, label) -> np.ndarray | None:
-        """The label's not-yet-issued rows, or None once its quota is spent or its variance is below threshold."""
+    def _candidates(self, label) -> tuple[float, np.ndarray] | None:
+        """(largest variance, the rows that have it) among the label's not-yet-issued rows, or None once its quota
+        is spent or that variance is below threshold."""
         if self._issued_per_label[label] >= self._quota[label]:
             return None
         rows = self._label_rows[label]
-        candidates = rows[self._available[rows]]
-        if self._gp.variance[candidates].max() < self.cfg.threshold:
+        best, tops = self._gp.top_variance(rows[self._available[rows]])
+        if best < self.cfg.threshold:
             return None
-        return candidates
+        return best, tops
 
     def _next_label(self):
         while self._active:
             label = min(self._active, key=lambda l: self._issued_per_label[l] / self._quota[l])
-            candidates = self._candidates(label)
-            if candidates is None:
+            top = self._candidates(label)
+            if top is None:
                 self._active.remove(label)
                 continue
-            return label, candidates
+            return label, top
         return None
 
     def _select_next(self) -> dict | None:
         turn = self._next_label()
         if turn is None:
             return None
-        label, candidates = turn
-        variance = self._gp.variance[candidates]
-        top = candidates[variance == variance.max()]
-        anchor = int(top[np.argmin(self._rank[top])])
+        label, (variance_at_selection, tops) = turn
+        anchor = int(tops[np.argmin(self._rank[tops])])
         neighbours = self._neighbours(label, anchor)
         group = np.concatenate([[anchor], neighbours]).astype(np.int64)
-        variance_at_selection = float(self._gp.variance[anchor])
         self._gp.add(group)
         self._available[group] = False
         self._issued_per_label[label] += 1

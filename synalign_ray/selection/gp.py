@@ -16,6 +16,7 @@ Kernel = Literal["exponential", "rbf"]
 # at d = 0, so near-duplicate rows would otherwise be off by ~1e-4, while above it the error stays below ~1e-6.
 NEAR_FRACTION = 0.02
 VARIANCE_CHUNK = 4096  # rows per pending-column evaluation when every variance is asked for
+SYNC_ROWS = 64  # pending observed rows that trigger writing V for all points (products this wide, or a group more)
 
 
 def lengthscale(kernel: Kernel, tau: float) -> float:
@@ -97,7 +98,7 @@ class IncrementalGP:
     """
 
     def __init__(self, points: np.ndarray, kernel: Kernel, tau: float, noise: float, capacity: int = 0,
-                 sync_rows: int = 64):
+                 sync_rows: int = SYNC_ROWS):
         if points.ndim != 2 or points.shape[0] == 0:
             raise ValueError(f"points must be a non-empty 2-D array, got shape {points.shape}")
         self.points = np.ascontiguousarray(points, dtype=np.float32)

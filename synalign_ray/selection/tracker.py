@@ -147,7 +147,7 @@ class SelectionTracker:
             if record is None or list(self._issued[-1]) != list(expected):
                 raise InputError(f"selection checkpoint diverges from these inputs at group {i}")
 
-    def _candidates(self, label) -> tuple[float, np.ndarray] | None:
+    def _label_top(self, label) -> tuple[float, np.ndarray] | None:
         """(largest variance, the rows that have it) among the label's not-yet-issued rows, or None once its quota
         is spent or that variance is below threshold."""
         if self._issued_per_label[label] >= self._quota[label]:
@@ -161,7 +161,7 @@ class SelectionTracker:
     def _next_label(self):
         while self._active:
             label = min(self._active, key=lambda l: self._issued_per_label[l] / self._quota[l])
-            top = self._candidates(label)
+            top = self._label_top(label)
             if top is None:
                 self._active.remove(label)
                 continue
@@ -225,7 +225,7 @@ class SelectionTracker:
             "groups_issued": len(self._issued),
             "groups_planned": sum(self._quota.values()),
             "max_variance": float(remaining.max()) if remaining.size else 0.0,
-            "done": all(self._candidates(l) is None for l in self._active),
+            "done": all(self._label_top(l) is None for l in self._active),
             "tau": self.tau,
         }
 

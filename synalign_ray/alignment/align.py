@@ -1,22 +1,24 @@
-"""`synalign align`: fit alignment weights on shard actors, resample ζ rows, write Parquet parts (local or s3://),
-compare all / uniformly resampled / aligned rows against the real rows, and write the manifest last.
+"""`synalign align`: fit alignment weights on shard actors (λ searched to a diversity target), resample ζ rows, write
+Parquet parts (local or s3://), compare all / uniform / aligned rows with the fit's real rows and with held-out real
+rows the fit never saw, and write the manifest last.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from synalign_ray import metrics
-from synalign_ray.alignment.distributed import (SOURCE_REAL, SOURCE_SYNTHETIC, draw_distributed, fit_distributed,
-                                                 ray_spawn, start_shards)
+from synalign_ray.alignment.distributed import (SOURCE_REAL, SOURCE_SYNTHETIC, call_all, draw_distributed,
+                                                 ray_spawn, search_distributed, start_shards)
 from synalign_ray.alignment.importance import importance_weights
-from synalign_ray.alignment.mmd import FitParams, make_feature_map
-from synalign_ray.alignment.resample import (STREAM_UNIFORM_BASELINE, allot, distinct_fraction, output_schema,
-                                             rng_for)
+from synalign_ray.alignment.mmd import DiversityTarget, FitParams, SearchSettings, fit_fixed, make_feature_map
+from synalign_ray.alignment.resample import (STREAM_UNIFORM_BASELINE, allot, distinct_fraction, holdout_counts,
+                                             holdout_mask, output_schema, rng_for)
 from synalign_ray.config import StorageConfig, SynAlignConfig
 from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.io import Location, prepare_output, write_manifest
@@ -37,8 +39,8 @@ def _labels(table: pa.Table, column: str | None) -> np.ndarray | None:
 
 
 def check_inputs(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: pa.Table,
-                 syn_emb: np.ndarray) -> None:
-    """Every input problem as one clear error, before any fitting or writing."""
+                 syn_emb: np.ndarray) -> "FitPlan":
+    """Every input problem as one clear error, before any fitting or writing; returns the fit's plan."""
     a = cfg.alignment
     if a.size is not None and a.size <= 0:
         raise ConfigError(f"alignment.size must be positive, got {a.size}")
@@ -65,8 +67,83 @@ def check_inputs(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synt
             if label is None or label not in table.column_names:
                 raise InputError(f"alignment.weighting={a.weighting} needs labels, but the {name} set has no "
                                  f"label column '{label}'")
-    if a.weighting in ("mmd", "both") and len(real_emb) < 2:
-        raise InputError("the real set needs at least 2 rows to fit alignment weights")
+    return plan_fit(cfg, real, synthetic)
+
+
+@dataclass
+class FitPlan:
+    """Which rows the fit uses: real group codes (-1: a label without synthetic rows), the held-out real rows (of
+    labels the draw covers), the rows drawn per group and the shares of the fitted real rows they follow."""
+
+    group_names: list[str]
+    missing: list[str]
+    real_labels: np.ndarray | None
+    syn_labels: np.ndarray | None
+    real_groups: np.ndarray
+    syn_groups: np.ndarray
+    held_out: np.ndarray
+    size: int
+    shares: np.ndarray
+    counts: np.ndarray
+
+    @property
+    def fitted(self) -> np.ndarray:
+        """Real rows the fit sees."""
+        return (self.real_groups >= 0) & ~self.held_out
+
+    @property
+    def fit_groups(self) -> np.ndarray:
+        """Group codes for the fit: held-out rows get -1, which the shards leave out of every sum."""
+        return np.where(self.held_out, -1, self.real_groups)
+
+
+def plan_fit(cfg: SynAlignConfig, real: pa.Table, synthetic: pa.Table) -> FitPlan:
+    """Groups, the seeded held-out split (per real label) and the draw counts; every problem with them (a label
+    left without fit rows, too few held-out rows, a diversity target no weights can reach) as one clear error."""
+    a = cfg.alignment
+    label_col = cfg.data.label_column
+    real_labels, syn_labels = _labels(real, label_col), _labels(synthetic, label_col)
+    code, group_names, missing = _groups(cfg, real_labels, syn_labels)
+    if code is not None:
+        real_groups = np.array([code.get(lab, -1) for lab in real_labels], dtype=np.int64)
+        syn_groups = np.array([code[lab] for lab in syn_labels], dtype=np.int64)
+    else:
+        real_groups = np.zeros(real.num_rows, np.int64)
+        syn_groups = np.zeros(synthetic.num_rows, np.int64)
+    strata = real_labels if real_labels is not None else np.zeros(real.num_rows, np.int64)
+    held_out = holdout_mask(strata, a.holdout_fraction, a.seed)
+    if a.holdout_fraction > 0:
+        names, inverse = np.unique(strata, return_inverse=True)
+        sizes = np.bincount(inverse, minlength=len(names))
+        for name, n, held in zip(names, sizes, holdout_counts(sizes, a.holdout_fraction)):
+            if n - held < 1 and (code is None or name in code):
+                raise InputError(f"alignment.holdout_fraction={a.holdout_fraction} holds out all {n} real rows of "
+                                 f"label '{name}', leaving none for the fit; lower it or add real rows")
+    # Held-out rows of labels without synthetic rows are left out of the fit anyway and of the held-out metrics too.
+    held_out &= real_groups >= 0
+    if a.holdout_fraction > 0 and held_out.sum() < 2:
+        raise InputError(f"alignment.holdout_fraction={a.holdout_fraction} holds out {int(held_out.sum())} of "
+                         f"{real.num_rows} real rows; held-out metrics need at least 2 (or set it to 0)")
+    fitted = (real_groups >= 0) & ~held_out
+    if a.weighting in ("mmd", "both") and fitted.sum() < 2:
+        raise InputError("the real set needs at least 2 rows to fit alignment weights (after the held-out split)")
+    real_counts = np.bincount(real_groups[fitted], minlength=len(group_names))
+    shares = real_counts / real_counts.sum()
+    size = a.size if a.size is not None else synthetic.num_rows
+    counts = allot(size, shares)
+    if a.weighting in ("mmd", "both") and a.entropy == "auto":
+        syn_sizes = np.bincount(syn_groups, minlength=len(group_names))
+        # Uniform weights draw the most distinct rows in expectation (the expectation is concave and symmetric).
+        most = float(sum(n * -np.expm1(c * np.log1p(-1.0 / n)) for n, c in zip(syn_sizes, counts) if n) / size)
+        if a.min_distinct is not None and a.min_distinct > most:
+            raise InputError(f"alignment.min_distinct={a.min_distinct} cannot be met: even uniform weights draw "
+                             f"{most:.1%} distinct rows when {size} rows are drawn from {synthetic.num_rows}; "
+                             "lower it, lower alignment.size, or set alignment.entropy")
+        if a.min_ess is not None and a.min_ess > synthetic.num_rows:
+            raise InputError(f"alignment.min_ess={a.min_ess} cannot be met: the effective sample size is at most "
+                             f"the {synthetic.num_rows} synthetic rows")
+    return FitPlan(group_names, missing, real_labels, syn_labels, real_groups, syn_groups, held_out, size, shares,
+                   counts)
 
 
 def _groups(cfg: SynAlignConfig, real_labels: np.ndarray | None, syn_labels: np.ndarray | None):
@@ -86,16 +163,17 @@ def _groups(cfg: SynAlignConfig, real_labels: np.ndarray | None, syn_labels: np.
 
 
 def _distances(name: str, emb: np.ndarray, real_sample: np.ndarray, texts: list[str], seed: int,
-               bandwidth: float) -> dict[str, float]:
+               bandwidth: float, reference: str) -> dict[str, Any]:
+    """Distances of `emb` (a seeded sample of it) to `real_sample`: in_sample (the fit's rows) or held_out."""
     rng = rng_for(seed, STREAM_UNIFORM_BASELINE, 1)
     m = min(len(real_sample), len(emb))
     sample = emb[rng.choice(len(emb), size=m, replace=False)]
-    reference = real_sample[:m]
-    out = {"rows": len(emb), "mmd2_rbf": metrics.mmd2_rbf(sample, reference, bandwidth=bandwidth),
-           "wasserstein1": metrics.wasserstein1(sample, reference),
-           "sliced_wasserstein": metrics.sliced_wasserstein(sample, reference, seed=seed),
+    real = real_sample[:m]
+    out = {"reference": reference, "rows": len(emb), "mmd2_rbf": metrics.mmd2_rbf(sample, real, bandwidth=bandwidth),
+           "wasserstein1": metrics.wasserstein1(sample, real),
+           "sliced_wasserstein": metrics.sliced_wasserstein(sample, real, seed=seed),
            "vocabulary_size": metrics.vocabulary_size(texts), "duplicate_rate": metrics.duplicate_rate(texts)}
-    _progress(f"{name:>8}: rows={out['rows']} MMD²={out['mmd2_rbf']:.5f} W1={out['wasserstein1']:.4f} "
+    _progress(f"{reference:>9} {name:>8}: rows={out['rows']} MMD²={out['mmd2_rbf']:.5f} W1={out['wasserstein1']:.4f} "
               f"SW={out['sliced_wasserstein']:.4f} vocab={out['vocabulary_size']} "
               f"dup={out['duplicate_rate']:.3f}")
     return out
@@ -103,74 +181,75 @@ def _distances(name: str, emb: np.ndarray, real_sample: np.ndarray, texts: list[
 
 def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: pa.Table, syn_emb: np.ndarray,
           output: Location, storage: StorageConfig | None) -> dict[str, Any]:
-    """Fit → resample → write parts → metrics → manifest. Returns the manifest."""
+    """Fit (λ searched or set) → resample → write parts → in-sample and held-out metrics → manifest."""
     started = time.perf_counter()
     a = cfg.alignment
     real_emb = np.asarray(real_emb, dtype=np.float32)
     syn_emb = np.asarray(syn_emb, dtype=np.float32)
-    check_inputs(cfg, real, real_emb, synthetic, syn_emb)
+    plan = check_inputs(cfg, real, real_emb, synthetic, syn_emb)
     text_col, label_col = cfg.data.text_column, cfg.data.label_column
-    real_labels, syn_labels = _labels(real, label_col), _labels(synthetic, label_col)
-    has_labels = real_labels is not None and syn_labels is not None
-    code, group_names, missing = _groups(cfg, real_labels, syn_labels)
-    if code is not None:
-        keep = np.array([lab in code for lab in real_labels], dtype=bool)
-        real_groups = np.array([code.get(lab, -1) for lab in real_labels], dtype=np.int64)
-        syn_groups = np.array([code[lab] for lab in syn_labels], dtype=np.int64)
-    else:
-        keep = np.ones(len(real_emb), dtype=bool)
-        real_groups = np.zeros(len(real_emb), np.int64)
-        syn_groups = np.zeros(len(syn_emb), np.int64)
-    if missing:
-        _progress(f"real labels {missing} have no synthetic rows: their share goes to the other labels")
-    size = a.size if a.size is not None else synthetic.num_rows
+    has_labels = plan.real_labels is not None and plan.syn_labels is not None
+    group_names, syn_groups, size = plan.group_names, plan.syn_groups, plan.size
+    if plan.missing:
+        _progress(f"real labels {plan.missing} have no synthetic rows: their share goes to the other labels")
     prepare_output(output, cfg.output.overwrite, storage)
-    _progress(f"{synthetic.num_rows} synthetic rows, {real.num_rows} real rows, d={syn_emb.shape[1]}, "
-              f"weighting={a.weighting}, groups={group_names}, size={size}")
+    _progress(f"{synthetic.num_rows} synthetic rows, {real.num_rows} real rows ({int(plan.fitted.sum())} fitted, "
+              f"{int(plan.held_out.sum())} held out), d={syn_emb.shape[1]}, weighting={a.weighting}, "
+              f"groups={group_names}, size={size}")
 
     syn_rows = synthetic
     if a.weighting in ("importance", "both"):
         t = time.perf_counter()
-        imp = importance_weights(real_emb, real_labels, syn_emb, syn_labels, seed=a.seed)
+        seen = ~plan.held_out
+        imp = importance_weights(real_emb[seen], plan.real_labels[seen], syn_emb, plan.syn_labels, seed=a.seed)
         syn_rows = synthetic.append_column(IMPORTANCE_COLUMN, pa.array(imp, type=pa.float64())) \
             if IMPORTANCE_COLUMN not in synthetic.column_names else \
             synthetic.set_column(synthetic.column_names.index(IMPORTANCE_COLUMN), IMPORTANCE_COLUMN, pa.array(imp))
         _progress(f"importance weights: mean={imp.mean():.3f} min={imp.min():.3f} max={imp.max():.3f} "
                   f"({time.perf_counter() - t:.1f}s)")
 
-    fit_rows = real_emb[keep]
+    fit_rows = real_emb[plan.fitted]
     feature_map = make_feature_map(a.features, a.projections, fit_rows, a.seed) \
         if a.weighting in ("mmd", "both") else None
     import ray
 
     cpus = ray.available_resources().get("CPU", 1.0) if ray.is_initialized() else 1.0
     spawn = ray_spawn(num_cpus=min(1.0, max(cpus, 0.01) / a.num_shards))
-    handles = start_shards(spawn, a.num_shards, syn_emb, syn_groups, real_emb, real_groups, feature_map,
+    handles = start_shards(spawn, a.num_shards, syn_emb, syn_groups, real_emb, plan.fit_groups, feature_map,
                            len(group_names), syn_rows=syn_rows, real_rows=real)
     shard_sizes = np.stack(ray.get([h.group_sizes.remote() for h in handles]))
     group_sizes = shard_sizes.sum(0)
-    real_counts = np.bincount(real_groups[keep], minlength=len(group_names))
-    shares = real_counts / real_counts.sum()
+    real_counts = np.bincount(plan.real_groups[plan.real_groups >= 0], minlength=len(group_names))
+    fitted_counts = np.bincount(plan.real_groups[plan.fitted], minlength=len(group_names))
+    shares, counts = plan.shares, plan.counts
 
     fit_report: dict[str, Any] = {}
     log_norm = None
     shard_shares = shard_sizes / group_sizes
     if feature_map is not None:
         t = time.perf_counter()
-        params = FitParams(steps=a.steps, learning_rate=a.learning_rate, entropy=a.entropy, momentum=a.momentum)
+        target = DiversityTarget(counts, a.min_distinct, a.min_ess)
         try:
-            result = fit_distributed(handles, params)
+            if a.entropy == "auto":
+                search = search_distributed(handles, SearchSettings(
+                    steps=a.steps, warm_steps=a.search_steps, max_fits=a.search_fits,
+                    learning_rate=a.learning_rate, momentum=a.momentum), target)
+            else:
+                search = fit_fixed(call_all(handles), FitParams(steps=a.steps, learning_rate=a.learning_rate,
+                                                                entropy=a.entropy, momentum=a.momentum), target)
         except ValueError as err:
             raise ConfigError(f"alignment fit: {err}") from None
+        result = search.fit
         log_norm = result.totals.log_norm
         shard_shares = result.totals.shard_shares
         fit_report = {**result.summary(), "features": a.features, "projections": a.projections,
-                      "bandwidth": feature_map.bandwidth, "seconds": round(time.perf_counter() - t, 3)}
-        _progress(f"fit {a.features} |Θ|={a.projections} in {fit_report['seconds']}s: "
-                  f"MMD² (feature space) {fit_report['mmd_before']:.5f} -> {fit_report['mmd_after']:.5f}, "
-                  f"ESS {fit_report['ess']:.0f} of {synthetic.num_rows}")
+                      "bandwidth": feature_map.bandwidth, "entropy_search": search.summary(target),
+                      "seconds": round(time.perf_counter() - t, 3)}
+        _progress(f"fit {a.features} |Θ|={a.projections} in {fit_report['seconds']}s: λ={result.entropy:.3g} "
+                  f"({search.mode}, {len(search.frontier)} fits: {search.reason}); expected distinct "
+                  f"{search.expected_distinct:.1%}; MMD² (feature space, fit rows) {fit_report['mmd_before']:.5f} -> "
+                  f"{fit_report['mmd_after']:.5f}, ESS {fit_report['ess']:.0f} of {synthetic.num_rows}")
 
-    counts = allot(size, shares)
     positions = draw_distributed(handles, counts, shard_shares, log_norm, group_sizes, a.seed)
     fixed = [pa.field("text", pa.string())]
     if has_labels:
@@ -196,16 +275,25 @@ def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: 
 
     rng = rng_for(a.seed, STREAM_UNIFORM_BASELINE)
     uniform = rng.choice(len(syn_emb), size=size, replace=True)
-    real_sample = real_emb[rng.choice(len(real_emb), size=min(METRIC_ROWS, len(real_emb)), replace=False)]
+    fitted_rows, held_rows = np.flatnonzero(plan.fitted), np.flatnonzero(plan.held_out)
+    in_sample = real_emb[rng.choice(fitted_rows, size=min(METRIC_ROWS, len(fitted_rows)), replace=False)]
     syn_texts = np.asarray(synthetic.column(text_col).to_pylist(), dtype=object)
-    bandwidth = metrics.median_pairwise_distance(real_sample, seed=a.seed)
-    report = {name: _distances(name, syn_emb[idx], real_sample, syn_texts[idx].tolist(), a.seed, bandwidth)
-              for name, idx in (("all", np.arange(len(syn_emb))), ("random", uniform), ("aligned", chosen))}
+    # One bandwidth, from the fit rows, puts in-sample and held-out MMD² on the same scale.
+    bandwidth = metrics.median_pairwise_distance(in_sample, seed=a.seed)
+    draws = (("all", np.arange(len(syn_emb))), ("random", uniform), ("aligned", chosen))
+    report = {name: _distances(name, syn_emb[idx], in_sample, syn_texts[idx].tolist(), a.seed, bandwidth,
+                               "in_sample") for name, idx in draws}
+    held_report = None
+    if len(held_rows):
+        held = real_emb[rng.choice(held_rows, size=min(METRIC_ROWS, len(held_rows)), replace=False)]
+        held_report = {name: _distances(name, syn_emb[idx], held, syn_texts[idx].tolist(), a.seed, bandwidth,
+                                        "held_out") for name, idx in draws}
 
     per_label = {}
     chosen_groups = syn_groups[chosen]
     for g, name in enumerate(group_names):
-        per_label[name] = {"real": int(real_counts[g]), "synthetic": int(group_sizes[g]),
+        per_label[name] = {"real": int(real_counts[g]), "real_fitted": int(fitted_counts[g]),
+                           "real_held_out": int(real_counts[g] - fitted_counts[g]), "synthetic": int(group_sizes[g]),
                            "resampled": int((chosen_groups == g).sum())}
     manifest = {
         "kind": "synalign.align",
@@ -215,11 +303,13 @@ def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: 
                    "real_mixed": real.num_rows if a.mix_real else 0,
                    "rows": int(len(chosen)) + (real.num_rows if a.mix_real else 0),
                    "distinct_resampled": int(np.unique(chosen).size), "distinct_fraction": distinct,
-                   "per_label": per_label, "labels_without_synthetic_rows": missing},
+                   "per_label": per_label, "labels_without_synthetic_rows": plan.missing},
         "seeds": {"alignment": a.seed},
         "config": cfg.redacted(),
         "fit": fit_report,
         "metrics": report,
+        "metrics_held_out": held_report,
+        "metrics_real_rows": {"in_sample": int(plan.fitted.sum()), "held_out": int(plan.held_out.sum())},
         "sources": [SOURCE_SYNTHETIC] + ([SOURCE_REAL] if a.mix_real else []),
         "seconds": round(time.perf_counter() - started, 3),
     }

@@ -10,7 +10,8 @@ from typing import Any, Callable
 import numpy as np
 import pyarrow as pa
 
-from synalign_ray.alignment.mmd import FeatureMap, FitParams, FitResult, WeightShard, run_fit, split_ranges
+from synalign_ray.alignment.mmd import (DiversityTarget, FeatureMap, FitParams, FitResult, SearchResult, SearchSettings,
+                                        WeightShard, run_fit, search_entropy, split_ranges)
 from synalign_ray.alignment.resample import conform, draw_within, shard_counts
 from synalign_ray.config import StorageConfig
 from synalign_ray.io import resolve, write_part
@@ -46,11 +47,20 @@ class AlignmentShard:
     def max_sq_norm(self) -> float:
         return self._fit.max_sq_norm()
 
-    def sums(self):
-        return self._fit.sums()
+    def begin(self):
+        return self._fit.begin()
 
-    def step(self, residual, eta, entropy, momentum):
-        return self._fit.step(residual, eta, entropy, momentum)
+    def step(self, residual, eta, entropy, momentum, keep_current=False):
+        return self._fit.step(residual, eta, entropy, momentum, keep_current)
+
+    def save(self, slot: str) -> None:
+        self._fit.save(slot)
+
+    def restore(self, slot: str) -> None:
+        self._fit.restore(slot)
+
+    def expected_distinct(self, log_norm, draws):
+        return self._fit.expected_distinct(log_norm, draws)
 
     # ---- resampling and output
     def row_weights(self, log_norm: np.ndarray | None, group_sizes: np.ndarray) -> np.ndarray:
@@ -158,6 +168,10 @@ def call_all(handles: list):
 
 def fit_distributed(handles: list, params: FitParams) -> FitResult:
     return run_fit(call_all(handles), params)
+
+
+def search_distributed(handles: list, settings: SearchSettings, target: DiversityTarget) -> SearchResult:
+    return search_entropy(call_all(handles), settings, target)
 
 
 def draw_distributed(handles: list, group_counts: np.ndarray, shard_shares: np.ndarray,

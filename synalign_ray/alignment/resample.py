@@ -12,6 +12,7 @@ import pyarrow as pa
 STREAM_SHARD_COUNTS = 1
 STREAM_WITHIN_SHARD = 2
 STREAM_UNIFORM_BASELINE = 3
+STREAM_HOLDOUT = 4
 
 
 def rng_for(seed: int, *keys: int) -> np.random.Generator:
@@ -30,6 +31,25 @@ def allot(total: int, shares: np.ndarray) -> np.ndarray:
     return counts
 
 
+def holdout_counts(label_sizes: np.ndarray, fraction: float) -> np.ndarray:
+    """Rows held out per label: fraction·n rounded half up, so a label's share of the held-out rows matches its
+    share of the real rows."""
+    return np.floor(fraction * np.asarray(label_sizes, dtype=np.float64) + 0.5).astype(np.int64)
+
+
+def holdout_mask(codes: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Seeded held-out rows (True), holdout_counts(...) of them drawn without replacement within each label code."""
+    codes = np.asarray(codes)
+    held = np.zeros(len(codes), dtype=bool)
+    names, inverse = np.unique(codes, return_inverse=True)
+    counts = holdout_counts(np.bincount(inverse, minlength=len(names)), fraction)
+    rng = rng_for(seed, STREAM_HOLDOUT)
+    for k, count in enumerate(counts):
+        members = np.flatnonzero(inverse == k)
+        held[rng.choice(members, size=int(count), replace=False)] = True
+    return held
+
+
 def shard_counts(count: int, shard_shares: np.ndarray, seed: int, group: int) -> np.ndarray:
     """How many of a group's `count` draws land in each shard: multinomial over the shards' weight totals."""
     shares = np.asarray(shard_shares, dtype=np.float64)
@@ -42,6 +62,15 @@ def draw_within(weights: np.ndarray, count: int, seed: int, group: int, shard: i
         return np.zeros(0, dtype=np.int64)
     w = np.asarray(weights, dtype=np.float64)
     return rng_for(seed, STREAM_WITHIN_SHARD, group, shard).choice(w.size, size=count, replace=True, p=w / w.sum())
+
+
+def expected_distinct(probabilities: np.ndarray, count: int) -> float:
+    """E[distinct rows among these] in `count` draws with replacement where row j has probability p_j per draw
+    (p may be one shard's part of a distribution): Σ_j 1 − (1 − p_j)^count, as −expm1(count·log1p(−p_j)) so
+    tiny probabilities keep their precision."""
+    p = np.minimum(np.asarray(probabilities, dtype=np.float64), 1.0)
+    with np.errstate(divide="ignore"):
+        return float(-np.expm1(count * np.log1p(-p)).sum())
 
 
 def distinct_fraction(indices: np.ndarray) -> float:

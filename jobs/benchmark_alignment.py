@@ -1,7 +1,9 @@
-"""Benchmark the weight fit: 50k synthetic × 60k real MiniLM rows, d = 384, single process against shard actors.
-Prints wall time, peak memory and the largest weight difference; asserts nothing.
+"""Benchmark alignment. Speed: 50k synthetic × 60k real MiniLM rows, d = 384, one fit single-process against shard
+actors (wall time, peak memory, largest weight difference). Diversity: `align` with its defaults (λ searched to
+min_distinct) on a skewed SST-2 + AG News pool against SST-2 train, beside baselines from the same run.
+Asserts nothing.
 
-Run: python jobs/benchmark_alignment.py [--shards 2] [--projections 1000]
+Run: python jobs/benchmark_alignment.py [--only speed,diversity] [--shards 2] [--projections 1000]
 """
 
 from __future__ import annotations
@@ -9,16 +11,20 @@ from __future__ import annotations
 import argparse
 import os
 import resource
+import tempfile
 import time
 
 import numpy as np
-from bench_common import cached_embeddings
+import pyarrow as pa
+from bench_common import cached_embeddings, data_table
 
 from synalign_ray.alignment.distributed import AlignmentShard, fit_distributed, ray_spawn, start_shards
 from synalign_ray.alignment.mmd import FitParams, fit_weights, make_feature_map
 from synalign_ray.config import AlignmentConfig
 
 SYNTHETIC_ROWS = 50_000
+# The speed benchmark times one fit at a fixed λ (the former default); the λ search is timed by diversity().
+SPEED_ENTROPY = 0.0005
 
 
 class MeasuredShard(AlignmentShard):
@@ -36,13 +42,13 @@ def load() -> tuple[np.ndarray, np.ndarray]:
     return train, np.vstack(parts)
 
 
-def run(shards: int = 2, projections: int = 1000, features: str | None = None, steps: int | None = None,
-        threads: int = 1) -> list[dict]:
+def speed(shards: int = 2, projections: int = 1000, features: str | None = None, steps: int | None = None,
+          threads: int = 1) -> list[dict]:
     """Fit the same weights single-process and on shard actors; print the comparison, return table rows."""
     defaults = AlignmentConfig()
     features = features or defaults.features
     real, syn = load()
-    params = FitParams(steps=steps or defaults.steps, learning_rate=defaults.learning_rate, entropy=defaults.entropy,
+    params = FitParams(steps=steps or defaults.steps, learning_rate=defaults.learning_rate, entropy=SPEED_ENTROPY,
                        momentum=defaults.momentum)
     real_groups, syn_groups = np.zeros(len(real), np.int64), np.zeros(len(syn), np.int64)
     # Other jobs on the machine inflate wall times; print the load so readers can judge a table.
@@ -90,16 +96,129 @@ def run(shards: int = 2, projections: int = 1000, features: str | None = None, s
              "ratio": fit_s / single_s, "target": f"identical result (max |Δω| {max_diff:.1e})"}]
 
 
+DIVERSITY_SIZE = 6000
+
+
+def diversity_pool(seed: int = 0) -> tuple[pa.Table, np.ndarray, pa.Table, np.ndarray]:
+    """(real rows, embeddings, pool rows, embeddings). Real: a seeded half of SST-2 train (30,307 rows). Pool: the
+    other half, skewed (every negative, 40% of the positives), plus all 10,001 AG News dev rows given seeded random
+    SST-2 labels, off-task junk inside both labels: 30,273 rows, a third of them junk."""
+    table, emb = cached_embeddings("sst2_train")
+    news_table, news_emb = cached_embeddings("agnews_dev")
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(table.column("label").to_pylist())
+    real = np.zeros(len(labels), bool)
+    real[rng.choice(len(labels), size=len(labels) // 2, replace=False)] = True
+    rest_pos = np.flatnonzero(~real & (labels == "positive"))
+    pool = np.sort(np.concatenate([np.flatnonzero(~real & (labels == "negative")),
+                                   rng.choice(rest_pos, size=int(0.4 * len(rest_pos)), replace=False)]))
+    news = pa.table({"text": news_table.column("text"),
+                     "label": pa.array(rng.choice(["negative", "positive"], size=news_table.num_rows))})
+    pool_rows = pa.concat_tables([table.take(pa.array(pool)).select(["text", "label"]), news])
+    pool_rows = pool_rows.append_column("is_junk", pa.array(np.r_[np.zeros(len(pool), bool),
+                                                                    np.ones(news.num_rows, bool)]))
+    real_idx = np.flatnonzero(real)
+    return (table.take(pa.array(real_idx)).select(["text", "label"]), emb[real_idx], pool_rows,
+            np.vstack([emb[pool], news_emb]))
+
+
+def _accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndarray, test_labels: np.ndarray,
+              seed: int) -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    clf = LogisticRegression(max_iter=1000, random_state=seed).fit(train_emb, train_labels)
+    return float((clf.predict(test_emb) == test_labels).mean())
+
+
+def diversity(size: int = DIVERSITY_SIZE, seed: int = 0) -> list[dict]:
+    """`align` with the default config (λ searched to min_distinct, 20% of real rows held out) against baselines
+    from the same run: a uniform draw (MMD²), a uniform draw with the real label shares (accuracy), and one fit at
+    the λ the search chose (fit time)."""
+    import ray
+
+    from synalign_ray.alignment.align import align, plan_fit
+    from synalign_ray.alignment.resample import allot, draw_within
+    from synalign_ray.config import build_config
+    from synalign_ray.io import read_parts, resolve
+
+    real, real_emb, pool, pool_emb = diversity_pool(seed)
+    junk = np.asarray(pool.column("is_junk"))
+    pool_labels = np.asarray(pool.column("label").to_pylist())
+    print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"real {real.num_rows} SST-2 train rows; pool {pool.num_rows} rows ({junk.mean():.0%} AG News junk, "
+          f"positive share {np.mean(pool_labels == 'positive'):.2f} vs real "
+          f"{np.mean(np.asarray(real.column('label').to_pylist()) == 'positive'):.2f}); draw {size}")
+    cfg = build_config({}, [f"alignment.size={size}", f"alignment.seed={seed}"])
+    plan = plan_fit(cfg, real, pool)
+    held_emb, held_labels = real_emb[plan.held_out], plan.real_labels[plan.held_out]
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        out = tempfile.mkdtemp(prefix="synalign-diversity-")
+        auto = align(cfg, real, real_emb, pool, pool_emb, resolve(f"{out}/auto"), None)
+        chosen = auto["fit"]["entropy"]
+        one = align(build_config({}, [f"alignment.size={size}", f"alignment.seed={seed}",
+                                      f"alignment.entropy={chosen!r}"]),
+                    real, real_emb, pool, pool_emb, resolve(f"{out}/one"), None)
+    finally:
+        ray.shutdown()
+    drawn = np.asarray(read_parts(resolve(f"{out}/auto")).column("row_index"))
+    # The accuracy baseline: uniform within each label, the label counts the aligned draw uses.
+    by_label = np.concatenate([np.flatnonzero(pool_labels == name)[draw_within(
+        np.ones(int((pool_labels == name).sum())), int(count), seed, g, 0)]
+        for g, (name, count) in enumerate(zip(plan.group_names, allot(size, plan.shares)))])
+    acc_aligned = _accuracy(pool_emb[drawn], pool_labels[drawn], held_emb, held_labels, seed)
+    acc_random = _accuracy(pool_emb[by_label], pool_labels[by_label], held_emb, held_labels, seed)
+    search = auto["fit"]["entropy_search"]
+    print(f"λ search: {search['fits']} fits, {search['total_steps']} steps, chose λ={chosen:.3g}: {search['reason']}")
+    print(f"{'λ':>10}{'MMD² feat':>11}{'E distinct':>12}{'ESS':>9}{'steps':>7}  meets")
+    for p in search["frontier"]:
+        print(f"{p['entropy']:>10.3g}{p['mmd2_features']:>11.5f}{p['expected_distinct']:>12.3f}{p['ess']:>9.0f}"
+              f"{p['steps']:>7}  {p['meets_target']}{'  <- chosen' if p['entropy'] == chosen else ''}")
+    held, ins = auto["metrics_held_out"], auto["metrics"]
+    print(f"{'draw':<10}{'MMD² held-out':>15}{'MMD² in-sample':>16}{'W1 held-out':>13}{'junk share':>12}")
+    for name, idx in (("all", np.arange(pool.num_rows)), ("random", None), ("aligned", drawn)):
+        share = f"{junk[idx].mean():>12.3f}" if idx is not None else f"{'':>12}"
+        print(f"{name:<10}{held[name]['mmd2_rbf']:>15.5f}{ins[name]['mmd2_rbf']:>16.5f}"
+              f"{held[name]['wasserstein1']:>13.4f}{share}")
+    distinct = auto["counts"]["distinct_fraction"]
+    mmd_ratio = held["aligned"]["mmd2_rbf"] / held["random"]["mmd2_rbf"]
+    time_ratio = auto["fit"]["seconds"] / one["fit"]["seconds"]
+    print(f"distinct {distinct:.1%} (expected {search['achieved']['expected_distinct']:.1%}); held-out MMD² aligned/"
+          f"random {mmd_ratio:.3f}; accuracy on held-out real rows {acc_aligned:.4f} aligned vs {acc_random:.4f} "
+          f"random with real label shares; fit {auto['fit']['seconds']:.1f} s searched vs {one['fit']['seconds']:.1f} s "
+          f"one fit at λ={chosen:.3g} (ratio {time_ratio:.2f})")
+    return [{"stage": f"alignment: distinct share of {size} drawn", "ours": distinct, "baseline": 0.5,
+             "ratio": distinct / 0.5, "target": ">= 0.5 (ratio >= 1)"},
+            {"stage": "alignment: MMD² to held-out real rows", "ours": held["aligned"]["mmd2_rbf"],
+             "baseline": held["random"]["mmd2_rbf"], "ratio": mmd_ratio, "target": "<= 0.1x uniform draw"},
+            {"stage": "alignment: accuracy on held-out real rows", "ours": acc_aligned, "baseline": acc_random,
+             "ratio": acc_aligned / acc_random, "target": ">= random draw, real label shares (ratio >= 1)"},
+            {"stage": "alignment: λ search fit time (s)", "ours": auto["fit"]["seconds"],
+             "baseline": one["fit"]["seconds"], "ratio": time_ratio, "target": "<= 3x one fit"}]
+
+
+def run(shards: int = 2, projections: int = 1000) -> list[dict]:
+    """Both benchmarks, for jobs/benchmark.py's combined table."""
+    return speed(shards, projections) + diversity()
+
+
 def main() -> None:
     defaults = AlignmentConfig()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default="speed,diversity")
     ap.add_argument("--shards", type=int, default=2)
     ap.add_argument("--projections", type=int, default=1000)
     ap.add_argument("--features", default=defaults.features)
     ap.add_argument("--steps", type=int, default=defaults.steps)
     ap.add_argument("--threads", type=int, default=1, help="in-process shards of the single-process fit")
+    ap.add_argument("--size", type=int, default=DIVERSITY_SIZE, help="rows the diversity benchmark draws")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    run(args.shards, args.projections, args.features, args.steps, args.threads)
+    only = args.only.split(",")
+    if "speed" in only:
+        speed(args.shards, args.projections, args.features, args.steps, args.threads)
+    if "diversity" in only:
+        diversity(args.size, args.seed)
 
 
 if __name__ == "__main__":

@@ -107,15 +107,30 @@ class AlignmentConfig(_Strict):
     by_label: bool = True
     size: PositiveInt | None = Field(default=None, description="rows to resample (ζ); default: synthetic count")
     mix_real: bool = False
-    # Defaults from jobs/measure_alignment.py (SST-2 vs a skewed SST-2 dev + AG News pool): rff |Θ|=1000 by label
-    # cut MMD² to held-out rows 99.8% below random resampling with 68% distinct rows; more steps or λ = 0 gave
-    # no better held-out numbers, and each step costs one pass over the synthetic features.
-    entropy: NonNegativeFloat = Field(default=0.0005, description="λ of the KL(ω‖uniform) diversity term")
+    # The right λ depends on the pool (λ = 0.0005 kept 68% of rows distinct on one pool, 22% on another), so by
+    # default it is searched for: the smallest λ whose draw keeps min_distinct of its rows distinct (expected).
+    entropy: NonNegativeFloat | Literal["auto"] = Field(
+        default="auto", description="λ of the KL(ω‖uniform) diversity term; auto: searched to meet the targets")
+    min_distinct: float | None = Field(default=0.5, gt=0.0, le=1.0,
+                                       description="expected share of distinct rows in the draw (entropy=auto)")
+    min_ess: PositiveFloat | None = Field(default=None, description="effective sample size of ω, rows (entropy=auto)")
+    search_fits: PositiveInt = Field(default=6, description="most fits the λ search runs")
+    search_steps: PositiveInt = Field(default=50, description="steps of each warm-started fit after the first")
+    holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0,
+                                    description="seeded share of real rows per label kept out of the fit for metrics")
+    # Defaults from jobs/measure_alignment.py (SST-2 vs a skewed SST-2 dev + AG News pool): rff |Θ|=1000 by label;
+    # more steps gave no better held-out numbers, and each step costs one pass over the synthetic features.
     steps: PositiveInt = 150
     learning_rate: PositiveFloat = Field(default=4.0, description="step in units of 1/L (L = 2·max‖φ‖² + λ)")
     momentum: float = Field(default=0.9, ge=0.0, lt=1.0, description="heavy-ball momentum of the weight fit")
     num_shards: PositiveInt = 1
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_targets(self) -> "AlignmentConfig":
+        if self.entropy == "auto" and self.min_distinct is None and self.min_ess is None:
+            raise ValueError("entropy=auto needs a target: set min_distinct or min_ess, or give entropy a value")
+        return self
 
 
 # The per-row checks in the order quality.check_rows runs them; a row's reason is the first one it fails.

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synalign_ray.alignment.align import align
+from synalign_ray.alignment.align import align, plan_fit
 from synalign_ray.config import StorageConfig, build_config
 from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.io import read_manifest, read_parts, resolve
@@ -90,6 +90,16 @@ def test_align_writes_readable_parts_and_manifest(inputs, outputs, where):
     assert manifest["fit"]["mmd_after"] < manifest["fit"]["mmd_before"]
     # AG News rows (input rows 0..149) are mostly skipped.
     assert (idx < 150).mean() < 0.2
+    # Held-out metrics sit beside the in-sample ones, each labelled; the held-out rows are a fifth of each label.
+    held = manifest["metrics_held_out"]
+    assert {held[k]["reference"] for k in ("all", "random", "aligned")} == {"held_out"}
+    assert {m[k]["reference"] for k in ("all", "random", "aligned")} == {"in_sample"}
+    assert held["aligned"]["mmd2_rbf"] < 0.5 * held["random"]["mmd2_rbf"]
+    for c in counts["per_label"].values():
+        assert c["real_held_out"] == int(np.floor(0.2 * c["real"] + 0.5)) == c["real"] - c["real_fitted"]
+    assert manifest["metrics_real_rows"]["held_out"] == sum(c["real_held_out"] for c in counts["per_label"].values())
+    search = manifest["fit"]["entropy_search"]
+    assert search["mode"] == "fixed" and search["entropy"] == manifest["fit"]["entropy"] == 0.001
 
 
 def test_local_and_s3_outputs_hold_identical_content(outputs):
@@ -156,3 +166,42 @@ def test_synthetic_label_unknown_to_the_real_set_is_an_input_error(inputs, tmp_p
     with pytest.raises(InputError, match="do not occur in the real set"):
         align(_config("alignment.weighting=mmd"), real, real_emb, relabelled, syn_emb,
               resolve(str(tmp_path / "x")), None)
+
+
+def _without_timings(fit: dict) -> dict:
+    return {k: v for k, v in fit.items() if k != "seconds"}
+
+
+def test_held_out_rows_never_reach_the_fit(ray_local, inputs, tmp_path):
+    real, real_emb, synthetic, syn_emb = inputs
+    cfg = _config("alignment.weighting=mmd", "alignment.mix_real=false")
+    held = plan_fit(cfg, real, synthetic).held_out
+    # Every held-out row's embedding swapped for an AG News row's: a fit that read them would change.
+    swapped = real_emb.copy()
+    swapped[held] = syn_emb[:held.sum()]
+    runs = []
+    for name, emb in (("real", real_emb), ("swapped", swapped)):
+        loc = resolve(str(tmp_path / name))
+        runs.append((align(cfg, real, emb, synthetic, syn_emb, loc, None), read_parts(loc)))
+    (a, rows_a), (b, rows_b) = runs
+    assert _without_timings(a["fit"]) == _without_timings(b["fit"])
+    assert rows_a.equals(rows_b)
+    for name in ("all", "random", "aligned"):
+        assert a["metrics"][name] == b["metrics"][name]
+    # The held-out figures do read those rows: against AG News stand-ins the aligned draw looks far worse.
+    assert b["metrics_held_out"]["aligned"]["mmd2_rbf"] > 2 * a["metrics_held_out"]["aligned"]["mmd2_rbf"]
+
+
+def test_auto_entropy_meets_the_distinct_target(ray_local, inputs, tmp_path):
+    real, real_emb, synthetic, syn_emb = inputs
+    loc = resolve(str(tmp_path / "auto"))
+    manifest = align(_config("alignment.weighting=mmd", "alignment.mix_real=false", "alignment.entropy=auto",
+                             "alignment.min_distinct=0.4"), real, real_emb, synthetic, syn_emb, loc, None)
+    search = manifest["fit"]["entropy_search"]
+    assert search["mode"] == "auto" and search["met"]
+    assert search["achieved"]["expected_distinct"] >= 0.4
+    assert manifest["fit"]["entropy"] == search["entropy"]
+    assert 1 <= search["fits"] == len(search["frontier"]) <= 6
+    assert search["entropy"] in [p["entropy"] for p in search["frontier"]]
+    # One draw of 400 rows lands near the expectation the search steered by.
+    assert abs(manifest["counts"]["distinct_fraction"] - search["achieved"]["expected_distinct"]) < 0.05

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from typing import Callable
 
@@ -175,5 +176,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """Console-script entry: run `main`, then leave without interpreter finalisation.
+
+    pyarrow's Parquet reader threads can still be joinable when finalisation destroys Arrow's pools, and the process
+    then aborts ("terminate called without an active exception", exit 134) after its work is done and its one-line
+    error printed (apache/arrow#34314). By the time `main` returns every output is written and closed and Ray is
+    shut down, so the exit code is taken from `main` and finalisation is skipped.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

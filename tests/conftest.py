@@ -71,6 +71,27 @@ def real_embeddings(request, pytestconfig):
     return get
 
 
+# Floats computed in two processes (or under two BLAS thread counts) sum float32 products in another order: the
+# schedule's ids must be identical, its variances agree to float32 accuracy.
+VARIANCE_ATOL = 1e-6
+
+
+@pytest.fixture(scope="session")
+def same_schedule():
+    """same_schedule(a, b): two selection schedules (tables or lists of group dicts) name the same groups, anchors
+    and demonstration rows in the same order, with variances and τ within float32 accuracy."""
+
+    def check(a, b) -> None:
+        a = a.to_pylist() if isinstance(a, pa.Table) else list(a)
+        b = b.to_pylist() if isinstance(b, pa.Table) else list(b)
+        ids = ("group_id", "label", "anchor_row_id", "demo_row_ids")
+        assert [[r[k] for k in ids] for r in a] == [[r[k] for k in ids] for r in b]
+        for key in ("variance_at_selection", "tau"):
+            np.testing.assert_allclose([r[key] for r in a], [r[key] for r in b], rtol=0, atol=VARIANCE_ATOL)
+
+    return check
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One local Ray instance for the session, sized for the 2-core CI machine."""

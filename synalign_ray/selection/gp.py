@@ -17,6 +17,10 @@ Kernel = Literal["exponential", "rbf"]
 NEAR_FRACTION = 0.02
 VARIANCE_CHUNK = 4096  # rows per pending-column evaluation when every variance is asked for
 SYNC_ROWS = 64  # pending observed rows that trigger writing V for all points (products this wide, or a group more)
+# Variances within this of the largest count as tied (the caller then breaks the tie by its seeded rank). float32
+# products summed in another order (another BLAS thread count, another process) move a variance by ~1e-7, so an
+# exact-equality argmax would let the machine's thread layout pick the anchor between near-equal rows.
+TIE_TOLERANCE = 1e-6
 
 
 def lengthscale(kernel: Kernel, tau: float) -> float:
@@ -226,17 +230,18 @@ class IncrementalGP:
         self._pending_inv = np.zeros((0, 0))
 
     def top_variance(self, candidates: np.ndarray) -> tuple[float, np.ndarray]:
-        """(largest exact variance among `candidates`, the candidates that have it), without a sync.
+        """(largest exact variance among `candidates`, the candidates within TIE_TOLERANCE of it), without a sync.
 
         Candidates are bounded by their variance as of the last sync; the best bounds are evaluated exactly in
-        chunks that double in size until the next bound falls below the best exact value.
+        chunks that double in size until the next bound falls below the best exact value less the tolerance.
         """
         candidates = np.asarray(candidates, dtype=np.int64)
         bound = 1.0 - self._sum_sq[candidates]
         if self._n_observed == self._n_synced:
             best = bound.max()
-            return float(best), candidates[bound == best]
-        best, tops, done, chunk = -np.inf, candidates[:0], 0, 64
+            return float(best), candidates[bound >= best - TIE_TOLERANCE]
+        best, done, chunk = -np.inf, 0, 64
+        near_rows, near_values = [], []  # evaluated rows within the tolerance of the best value seen so far
         # Bounds in decreasing order, sorted a prefix at a time (most steps stop within the first chunk). A longer
         # prefix appends only rows not yet evaluated: among tied bounds the partition may pick other rows each time.
         order = np.empty(0, dtype=np.int64)
@@ -247,18 +252,17 @@ class IncrementalGP:
                 part = np.argpartition(-bound, width - 1)[:width] if width < bound.shape[0] else np.arange(width)
                 part = np.sort(part[~evaluated[part]])
                 order = np.concatenate([order, part[np.argsort(-bound[part], kind="stable")]])
-            if bound[order[done]] < best:
+            if bound[order[done]] < best - TIE_TOLERANCE:
                 break
             take = order[done:done + chunk]
             evaluated[take] = True
-            rows = candidates[take]
-            pending = self._pending_columns(rows)
+            pending = self._pending_columns(candidates[take])
             exact = bound[take] - np.einsum("ij,ij->i", pending, pending)
-            top = exact.max()
-            if top > best:
-                best, tops = top, rows[exact == top]
-            elif top == best:
-                tops = np.concatenate([tops, rows[exact == top]])
+            best = max(best, exact.max())
+            near = exact >= best - TIE_TOLERANCE
+            near_rows.append(candidates[take][near])
+            near_values.append(exact[near])
             done += take.shape[0]
             chunk = min(2 * chunk, VARIANCE_CHUNK)
-        return float(best), tops
+        rows, values = np.concatenate(near_rows), np.concatenate(near_values)
+        return float(best), np.sort(rows[values >= best - TIE_TOLERANCE])

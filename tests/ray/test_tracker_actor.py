@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 
 from synalign_ray.config import SelectionConfig
-from synalign_ray.selection.schedule import build_schedule, groups_to_table
+from synalign_ray.selection.schedule import build_schedule
 from synalign_ray.selection.tracker import SelectionTracker
 
 N_ROWS = 600
 
 
-def test_actor_schedule_equals_plain_class_and_resumes(ray_local, real_embeddings):
+def test_actor_schedule_equals_plain_class_and_resumes(ray_local, real_embeddings, same_schedule):
     rows, emb = real_embeddings("agnews_dev.parquet", N_ROWS, 0)
     labels = rows.column("label").to_pylist()
     ids = np.arange(N_ROWS, dtype=np.int64)
@@ -23,7 +23,8 @@ def test_actor_schedule_equals_plain_class_and_resumes(ray_local, real_embedding
     groups = []
     while batch := ray_local.get(actor.next_groups.remote(5)):
         groups.extend(batch)
-    assert groups_to_table(groups, plain.schema.field("anchor_row_id").type).equals(plain)
+    # The actor runs with one BLAS thread, the driver with several: same ids, variances to float32 accuracy.
+    same_schedule(groups, plain)
     progress = ray_local.get(actor.progress.remote())
     assert progress["groups_issued"] == 24 and progress["done"]
 
@@ -33,4 +34,4 @@ def test_actor_schedule_equals_plain_class_and_resumes(ray_local, real_embedding
     checkpoint = ray_local.get(first.checkpoint.remote())
     ray_local.kill(first)
     resumed = TrackerActor.remote(emb, labels, ids, cfg, checkpoint=checkpoint)
-    assert head + ray_local.get(resumed.next_groups.remote(100)) == groups
+    same_schedule(head + ray_local.get(resumed.next_groups.remote(100)), groups)

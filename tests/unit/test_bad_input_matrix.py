@@ -2,6 +2,10 @@
 and nothing half-written presented as complete. Secrets never reach logs, errors or output files."""
 
 import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
@@ -98,6 +102,7 @@ MATRIX = {
                                    "{w}/real_emb.parquet", "alignment.weighting=importance",
                                    "data.label_column=null"], "needs labels"),
     "missing synthetic": (["align", "--real", SST2, "--synthetic", "{w}/none.parquet"], "not found"),
+    "empty synthetic": (["align", "--real", SST2, "--synthetic", "{w}/empty.parquet", "--size", "10"], "has no rows"),
     "report on a non-run folder": (["report", "{w}/emb"], "not a completed `synalign run` directory"),
     "output is a file": (["embed", "--input", SST2, "--output", "{w}/notes.txt/out"], "is a file"),
 }
@@ -115,6 +120,28 @@ def test_bad_input(case, workspace, tmp_path, capsys):
     assert err and err[-1].startswith(f"synalign {argv[0]}: error:"), err[-3:]
     assert message in err[-1], err[-1]
     assert not list(tmp_path.rglob(io.MANIFEST)), "a failed command left a manifest behind"
+
+
+# The abort this guards against happened at interpreter exit, after the right message, in ~2 of 7 runs.
+FRESH_PROCESS_RUNS = 5
+
+
+@pytest.mark.parametrize("case", sorted(MATRIX))
+def test_bad_input_exits_2_every_time_in_a_fresh_process(case, workspace, tmp_path):
+    argv, message = MATRIX[case]
+    argv = [a.replace("{w}", str(workspace)) for a in argv]
+    if "--output" not in argv and argv[0] != "report":
+        argv += ["--output", str(tmp_path / "out")]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+    def once(_):
+        return subprocess.run([sys.executable, "-m", "synalign_ray", *argv], capture_output=True, text=True,
+                              env=env, timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        for proc in pool.map(once, range(FRESH_PROCESS_RUNS)):
+            last = proc.stderr.strip().splitlines()[-1:] or [""]
+            assert proc.returncode == 2 and message in last[0], (proc.returncode, proc.stderr[-400:])
 
 
 def test_matrix_is_wide():

@@ -8,7 +8,8 @@ import pytest
 import torch
 from scipy.linalg import cho_factor, solve_triangular
 
-from synalign_ray.selection.gp import IncrementalGP, cross_kernel, lengthscale, median_pairwise_distance
+from synalign_ray.selection.gp import (TIE_TOLERANCE, IncrementalGP, cross_kernel, lengthscale,
+                                       median_pairwise_distance)
 
 N_ROWS = 1500
 GROUP = 10
@@ -148,11 +149,30 @@ def test_deferred_top_variance_equals_the_eager_argmax_at_every_step(sst2, kerne
         best, tops = lazy.top_variance(candidates)
         reference = eager.variance[candidates]
         assert best == pytest.approx(reference.max(), abs=1e-6)
-        assert sorted(tops.tolist()) == candidates[reference == reference.max()].tolist()  # all, before any data
+        # every candidate within the tie tolerance of the maximum (all of them before any data)
+        assert sorted(tops.tolist()) == candidates[reference >= reference.max() - TIE_TOLERANCE].tolist()
         eager.add(group)
         lazy.add(group)
     assert lazy._n_observed > lazy._n_synced > 0, "the run must end with groups pending after at least one sync"
     np.testing.assert_allclose(lazy.variance, eager.variance, atol=1e-6)
+
+
+@pytest.mark.parametrize("sync_rows", [1, 64])  # every group synced / the last groups pending
+def test_rows_within_the_tie_tolerance_tie_and_rows_beyond_it_do_not(sst2, sync_rows):
+    gp = IncrementalGP(sst2, "exponential", 0.6, 1.0, sync_rows=sync_rows)
+    for group in knn_groups(sst2, 3, seed=8):
+        gp.add(group)
+    variance = gp.variance
+    order = np.argsort(variance)
+    gaps = np.diff(variance[order])
+    # real neighbours in variance: one pair closer than the tolerance (a tie), one pair farther apart (no tie)
+    close = int(np.flatnonzero((gaps > 0) & (gaps < TIE_TOLERANCE / 2))[0])
+    apart = int(np.flatnonzero(gaps > 2 * TIE_TOLERANCE)[0])
+    best, tops = gp.top_variance(order[[close, close + 1]])
+    assert sorted(tops.tolist()) == sorted(order[[close, close + 1]].tolist())
+    assert best == pytest.approx(variance[order[close + 1]], abs=1e-9)
+    _, tops = gp.top_variance(order[[apart, apart + 1]])
+    assert tops.tolist() == [order[apart + 1]]
 
 
 def test_reading_variances_never_changes_later_results(sst2):

@@ -100,26 +100,28 @@ DIVERSITY_SIZE = 6000
 
 
 def diversity_pool(seed: int = 0) -> tuple[pa.Table, np.ndarray, pa.Table, np.ndarray]:
-    """(real rows, embeddings, pool rows, embeddings). Real: a seeded half of SST-2 train (30,307 rows). Pool: the
-    other half, skewed (every negative, 40% of the positives), plus all 10,001 AG News dev rows given seeded random
-    SST-2 labels, off-task junk inside both labels: 30,273 rows, a third of them junk."""
+    """(real rows, embeddings, pool rows, embeddings). Real: a seeded 40% of SST-2 train (24,245 rows). Pool (26,598
+    rows), as a generator that writes mostly short phrases, some whole reviews and off-task text might: the other 60%
+    of SST-2 train, each row kept with probability min(1, (2 / words)²) (median 2 words against the real rows' 7),
+    all of SST-2 dev (whole sentences), and all AG News dev rows with seeded random SST-2 labels (junk in both)."""
     table, emb = cached_embeddings("sst2_train")
+    dev_table, dev_emb = cached_embeddings("sst2_dev")
     news_table, news_emb = cached_embeddings("agnews_dev")
     rng = np.random.default_rng(seed)
-    labels = np.asarray(table.column("label").to_pylist())
-    real = np.zeros(len(labels), bool)
-    real[rng.choice(len(labels), size=len(labels) // 2, replace=False)] = True
-    rest_pos = np.flatnonzero(~real & (labels == "positive"))
-    pool = np.sort(np.concatenate([np.flatnonzero(~real & (labels == "negative")),
-                                   rng.choice(rest_pos, size=int(0.4 * len(rest_pos)), replace=False)]))
+    real = np.zeros(table.num_rows, bool)
+    real[rng.choice(table.num_rows, size=int(0.4 * table.num_rows), replace=False)] = True
+    words = np.array([len(t.split()) for t in table.column("text").to_pylist()])
+    rest = np.flatnonzero(~real)
+    kept = rest[rng.random(len(rest)) < np.minimum(1.0, (2.0 / words[rest]) ** 2)]
     news = pa.table({"text": news_table.column("text"),
                      "label": pa.array(rng.choice(["negative", "positive"], size=news_table.num_rows))})
-    pool_rows = pa.concat_tables([table.take(pa.array(pool)).select(["text", "label"]), news])
-    pool_rows = pool_rows.append_column("is_junk", pa.array(np.r_[np.zeros(len(pool), bool),
+    pool_rows = pa.concat_tables([table.take(pa.array(kept)).select(["text", "label"]),
+                                  dev_table.select(["text", "label"]), news])
+    pool_rows = pool_rows.append_column("is_junk", pa.array(np.r_[np.zeros(len(kept) + dev_table.num_rows, bool),
                                                                     np.ones(news.num_rows, bool)]))
     real_idx = np.flatnonzero(real)
     return (table.take(pa.array(real_idx)).select(["text", "label"]), emb[real_idx], pool_rows,
-            np.vstack([emb[pool], news_emb]))
+            np.vstack([emb[kept], dev_emb, news_emb]))
 
 
 def _accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndarray, test_labels: np.ndarray,

@@ -41,6 +41,34 @@ def _stage(run_dir: io.Location, name: str) -> tuple[dict[str, Any], Any]:
     return manifest, io.read_parts(loc, manifest)
 
 
+def frontier_figure(al_manifest: dict[str, Any]) -> str | None:
+    """The MMD–diversity frontier of the λ search (one point per fit tried, the chosen λ marked) as a PNG, or None
+    when the aligned manifest has no frontier (importance weighting only)."""
+    search = al_manifest.get("fit", {}).get("entropy_search")
+    if not search or not search.get("frontier"):
+        return None
+    import matplotlib.pyplot as plt
+
+    points = search["frontier"]
+    distinct = [p["expected_distinct"] for p in points]
+    mmd = [p["mmd2_features"] for p in points]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(distinct, mmd, marker="o", color="tab:gray")
+    for p in points:
+        ax.annotate(f"λ={p['entropy']:.2g}", (p["expected_distinct"], p["mmd2_features"]), fontsize=7,
+                    textcoords="offset points", xytext=(4, 4))
+    chosen = [p for p in points if p["entropy"] == search["entropy"]]
+    ax.scatter([p["expected_distinct"] for p in chosen], [p["mmd2_features"] for p in chosen], s=80,
+               color="tab:red", zorder=3, label=f"chosen ({search['mode']})")
+    target = search.get("targets", {}).get("min_distinct")
+    if target is not None:
+        ax.axvline(target, color="tab:red", linestyle="--", linewidth=1, label=f"min_distinct {target:g}")
+    ax.set_xlabel("expected share of distinct rows in the draw")
+    ax.set_ylabel("MMD² to the fit rows (feature space)")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
 def build_figures(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, Any]) -> dict[str, str]:
     import matplotlib
 
@@ -107,6 +135,9 @@ def build_figures(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, 
         ax.set_xlabel("ω")
         figures["weights"] = _png(fig)
 
+    if (frontier := frontier_figure(al_manifest)) is not None:
+        figures["frontier"] = frontier
+
     per_label = al_manifest["counts"].get("per_label", {})
     if per_label:
         names = list(per_label)
@@ -161,7 +192,8 @@ def write_report(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, A
     counts = al["counts"]
     captions = {"map": "t-SNE map of real and synthetic embeddings",
                 "coverage": "coverage of the real map by selected demonstration groups",
-                "weights": "alignment weights", "labels": "per-label shares",
+                "weights": "alignment weights", "frontier": "MMD–diversity frontier of the λ search",
+                "labels": "per-label shares",
                 "tokens": "token usage and stage timings"}
     body = "".join(f"<figure><img alt='{k}' src='data:image/png;base64,{v}'><figcaption>{captions[k]}"
                    f"</figcaption></figure>" for k, v in figures.items())
@@ -181,7 +213,8 @@ def write_report(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, A
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
 th{{background:#f4f4f4}}figure{{display:inline-block;margin:1em}}img{{max-width:100%}}</style></head><body>
 <h1>synalign run report</h1><table>{fact_rows}</table>
-<h2>Distribution distance to the real rows</h2>{_metric_table(al.get('metrics', {}))}
+<h2>Distribution distance to the real rows the fit used (in-sample)</h2>{_metric_table(al.get('metrics', {}))}
+<h2>Distribution distance to held-out real rows (never seen by the fit)</h2>{_metric_table(al.get('metrics_held_out') or {})}
 {body}</body></html>"""
     loc = run_dir.join("report")
     target = loc.join("index.html")

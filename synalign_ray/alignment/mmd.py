@@ -480,7 +480,7 @@ def search_entropy(call: ShardCall, settings: SearchSettings, target: DiversityT
                 break
             entropy = min(entropy * _BRACKET_FACTOR, ceiling)
         elif unmet_entropy == 0.0:
-            if entropy <= floor:
+            if entropy <= floor * (1 + 1e-9):  # the grid λ₀/10^k lands on the floor up to rounding
                 reason = "targets met at the smallest λ searched"
                 break
             entropy = max(entropy / _BRACKET_FACTOR, floor)

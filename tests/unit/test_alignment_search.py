@@ -109,3 +109,17 @@ def test_sharded_expected_distinct_equals_the_whole(known_mixture):
             share = problem.expected_distinct(result.totals, np.array([250]))
             weights = np.concatenate([s.weights(result.totals.log_norm) for s in shards])
         assert share == pytest.approx(expected_distinct(weights, 250) / 250, rel=1e-9)
+
+
+def test_report_draws_the_frontier_of_a_search(known_mixture):
+    import base64
+
+    from synalign_ray.report import frontier_figure
+
+    real, real_groups, pool, pool_groups = known_mixture
+    target = DiversityTarget(np.array([300]), min_distinct=0.7)
+    _, search = search_weights(real, real_groups, pool, pool_groups, make_feature_map("rff", 100, real, seed=0),
+                               SETTINGS, target)
+    png = frontier_figure({"fit": {"entropy_search": search.summary(target)}})
+    assert base64.b64decode(png).startswith(b"\x89PNG")
+    assert frontier_figure({"fit": {}}) is None

@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from synalign_ray.alignment.distributed import draw_distributed, fit_distributed, ray_spawn, start_shards
-from synalign_ray.alignment.mmd import FitParams, fit_weights, make_feature_map
+from synalign_ray.alignment.distributed import (draw_distributed, fit_distributed, ray_spawn, search_distributed,
+                                                 start_shards)
+from synalign_ray.alignment.mmd import (DiversityTarget, FitParams, SearchSettings, fit_weights, make_feature_map,
+                                        search_weights)
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +40,21 @@ def test_distributed_fit_equals_single_process(ray_local, labelled_pool, num_sha
     for g in (0, 1):
         assert weights[syn_groups == g].sum() == pytest.approx(1.0, abs=1e-9)
     assert weights[:150].sum() < 0.5 * 150 / len(syn) * 2
+
+
+def test_distributed_search_equals_single_process(ray_local, labelled_pool):
+    real, real_groups, syn, syn_groups = labelled_pool
+    fmap = make_feature_map("rff", 100, real, seed=4)
+    settings = SearchSettings(steps=60, warm_steps=20, max_fits=5, learning_rate=4.0, momentum=0.9)
+    target = DiversityTarget(np.array([120, 180]), min_distinct=0.6)
+    expected, reference = search_weights(real, real_groups, syn, syn_groups, fmap, settings, target)
+    handles = start_shards(ray_spawn(num_cpus=0.5), 2, syn, syn_groups, real, real_groups, fmap, 2)
+    search = search_distributed(handles, settings, target)
+    weights = np.concatenate(ray_local.get([h.row_weights.remote(search.fit.totals.log_norm, None) for h in handles]))
+    assert [p["entropy"] for p in search.frontier] == pytest.approx([p["entropy"] for p in reference.frontier])
+    assert search.fit.entropy == pytest.approx(reference.fit.entropy) and search.met == reference.met
+    np.testing.assert_allclose(weights, expected, atol=1e-5, rtol=0)
+    assert search.expected_distinct == pytest.approx(reference.expected_distinct, rel=1e-5)
 
 
 def test_sharded_draw_is_seeded_and_respects_group_counts(ray_local, labelled_pool):

@@ -141,6 +141,18 @@ def test_bad_input_fails_before_any_output(inputs, tmp_path, case):
     assert not loc.exists()
 
 
+@pytest.mark.parametrize("overrides, message", [
+    (["alignment.entropy=auto", "alignment.min_distinct=0.9"], "min_distinct=0.9 cannot be met"),
+    (["alignment.entropy=auto", "alignment.min_ess=301"], "min_ess=301.0 cannot be met"),
+    (["alignment.holdout_fraction=0.999"], "leaving none for the fit"),
+])
+def test_unreachable_target_or_empty_fit_fails_before_any_output(inputs, tmp_path, overrides, message):
+    loc = resolve(str(tmp_path / "never"))
+    with pytest.raises(InputError, match=message):
+        align(_config(*overrides), *inputs, loc, None)
+    assert not loc.exists()
+
+
 @pytest.mark.parametrize("override", ["alignment.size=0", "alignment.projections=0", "alignment.size=-3"])
 def test_non_positive_size_or_projections_is_a_config_error(override):
     with pytest.raises(ConfigError, match="greater than 0"):

@@ -214,7 +214,7 @@ table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;paddi
 th{{background:#f4f4f4}}figure{{display:inline-block;margin:1em}}img{{max-width:100%}}</style></head><body>
 <h1>synalign run report</h1><table>{fact_rows}</table>
 <h2>Distribution distance to the real rows the fit used (in-sample)</h2>{_metric_table(al.get('metrics', {}))}
-<h2>Distribution distance to held-out real rows (never seen by the fit)</h2>{_metric_table(al.get('metrics_held_out') or {})}
+<h2>Distance to held-out real rows (never seen by the fit)</h2>{_metric_table(al.get('metrics_held_out') or {})}
 {body}</body></html>"""
     loc = run_dir.join("report")
     target = loc.join("index.html")

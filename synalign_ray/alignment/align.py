@@ -17,8 +17,8 @@ from synalign_ray.alignment.distributed import (SOURCE_REAL, SOURCE_SYNTHETIC, c
                                                  ray_spawn, search_distributed, start_shards)
 from synalign_ray.alignment.importance import importance_weights
 from synalign_ray.alignment.mmd import DiversityTarget, FitParams, SearchSettings, fit_fixed, make_feature_map
-from synalign_ray.alignment.resample import (STREAM_UNIFORM_BASELINE, allot, distinct_fraction, holdout_counts,
-                                             holdout_mask, output_schema, rng_for)
+from synalign_ray.alignment.resample import (STREAM_UNIFORM_BASELINE, allot, distinct_fraction, expected_distinct,
+                                             holdout_counts, holdout_mask, output_schema, rng_for)
 from synalign_ray.config import StorageConfig, SynAlignConfig
 from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.io import Location, prepare_output, write_manifest
@@ -134,7 +134,7 @@ def plan_fit(cfg: SynAlignConfig, real: pa.Table, synthetic: pa.Table) -> FitPla
     if a.weighting in ("mmd", "both") and a.entropy == "auto":
         syn_sizes = np.bincount(syn_groups, minlength=len(group_names))
         # Uniform weights draw the most distinct rows in expectation (the expectation is concave and symmetric).
-        most = float(sum(n * -np.expm1(c * np.log1p(-1.0 / n)) for n, c in zip(syn_sizes, counts) if n) / size)
+        most = sum(expected_distinct(np.full(n, 1.0 / n), c) for n, c in zip(syn_sizes, counts) if n) / size
         if a.min_distinct is not None and a.min_distinct > most:
             raise InputError(f"alignment.min_distinct={a.min_distinct} cannot be met: even uniform weights draw "
                              f"{most:.1%} distinct rows when {size} rows are drawn from {synthetic.num_rows}; "

@@ -99,29 +99,32 @@ def speed(shards: int = 2, projections: int = 1000, features: str | None = None,
 DIVERSITY_SIZE = 6000
 
 
-def diversity_pool(seed: int = 0) -> tuple[pa.Table, np.ndarray, pa.Table, np.ndarray]:
+def diversity_pool(seed: int = 0, short_only: bool = False) -> tuple[pa.Table, np.ndarray, pa.Table, np.ndarray]:
     """(real rows, embeddings, pool rows, embeddings). Real: a seeded 40% of SST-2 train (24,245 rows). Pool (26,598
     rows), as a generator that writes mostly short phrases, some whole reviews and off-task text might: the other 60%
     of SST-2 train, each row kept with probability min(1, (2 / words)²) (median 2 words against the real rows' 7),
-    all of SST-2 dev (whole sentences), and all AG News dev rows with seeded random SST-2 labels (junk in both)."""
+    all of SST-2 dev (whole sentences), and all AG News dev rows with seeded random SST-2 labels (junk in both).
+    short_only: a harder pool below the 20,000-row size: real is half of SST-2 train, the pool its other half's short
+    phrases and the AG News junk, without SST-2 dev (18,268 rows)."""
     table, emb = cached_embeddings("sst2_train")
     dev_table, dev_emb = cached_embeddings("sst2_dev")
     news_table, news_emb = cached_embeddings("agnews_dev")
     rng = np.random.default_rng(seed)
     real = np.zeros(table.num_rows, bool)
-    real[rng.choice(table.num_rows, size=int(0.4 * table.num_rows), replace=False)] = True
+    real[rng.choice(table.num_rows, size=int((0.5 if short_only else 0.4) * table.num_rows), replace=False)] = True
     words = np.array([len(t.split()) for t in table.column("text").to_pylist()])
     rest = np.flatnonzero(~real)
     kept = rest[rng.random(len(rest)) < np.minimum(1.0, (2.0 / words[rest]) ** 2)]
     news = pa.table({"text": news_table.column("text"),
                      "label": pa.array(rng.choice(["negative", "positive"], size=news_table.num_rows))})
-    pool_rows = pa.concat_tables([table.take(pa.array(kept)).select(["text", "label"]),
-                                  dev_table.select(["text", "label"]), news])
-    pool_rows = pool_rows.append_column("is_junk", pa.array(np.r_[np.zeros(len(kept) + dev_table.num_rows, bool),
+    dev = dev_table.slice(0, 0 if short_only else dev_table.num_rows)
+    pool_rows = pa.concat_tables([table.take(pa.array(kept)).select(["text", "label"]), dev.select(["text", "label"]),
+                                  news])
+    pool_rows = pool_rows.append_column("is_junk", pa.array(np.r_[np.zeros(len(kept) + dev.num_rows, bool),
                                                                     np.ones(news.num_rows, bool)]))
     real_idx = np.flatnonzero(real)
     return (table.take(pa.array(real_idx)).select(["text", "label"]), emb[real_idx], pool_rows,
-            np.vstack([emb[kept], dev_emb, news_emb]))
+            np.vstack([emb[kept], dev_emb[:dev.num_rows], news_emb]))
 
 
 def _accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndarray, test_labels: np.ndarray,
@@ -132,7 +135,7 @@ def _accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndar
     return float((clf.predict(test_emb) == test_labels).mean())
 
 
-def diversity(size: int = DIVERSITY_SIZE, seed: int = 0) -> list[dict]:
+def diversity(size: int = DIVERSITY_SIZE, seed: int = 0, short_only: bool = False) -> list[dict]:
     """`align` with the default config (λ searched to min_distinct, 20% of real rows held out) against baselines
     from the same run: a uniform draw (MMD²), a uniform draw with the real label shares (accuracy), and one fit at
     the λ the search chose (fit time)."""
@@ -143,7 +146,7 @@ def diversity(size: int = DIVERSITY_SIZE, seed: int = 0) -> list[dict]:
     from synalign_ray.config import build_config
     from synalign_ray.io import read_parts, resolve
 
-    real, real_emb, pool, pool_emb = diversity_pool(seed)
+    real, real_emb, pool, pool_emb = diversity_pool(seed, short_only)
     junk = np.asarray(pool.column("is_junk"))
     pool_labels = np.asarray(pool.column("label").to_pylist())
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
@@ -215,12 +218,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="in-process shards of the single-process fit")
     ap.add_argument("--size", type=int, default=DIVERSITY_SIZE, help="rows the diversity benchmark draws")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--short-only", action="store_true", help="the harder pool without SST-2 dev (18,268 rows)")
     args = ap.parse_args()
     only = args.only.split(",")
     if "speed" in only:
         speed(args.shards, args.projections, args.features, args.steps, args.threads)
     if "diversity" in only:
-        diversity(args.size, args.seed)
+        diversity(args.size, args.seed, args.short_only)
 
 
 if __name__ == "__main__":

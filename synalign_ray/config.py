@@ -114,7 +114,8 @@ class AlignmentConfig(_Strict):
     min_distinct: float | None = Field(default=0.5, gt=0.0, le=1.0,
                                        description="expected share of distinct rows in the draw (entropy=auto)")
     min_ess: PositiveFloat | None = Field(default=None, description="effective sample size of ω, rows (entropy=auto)")
-    search_fits: PositiveInt = Field(default=6, description="most fits the λ search runs")
+    # 5 fits of 150 + 4·50 steps keep the search within 2.3× one fit's steps (the budget is 3×).
+    search_fits: PositiveInt = Field(default=5, description="most fits the λ search runs")
     search_steps: PositiveInt = Field(default=50, description="steps of each warm-started fit after the first")
     holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0,
                                     description="seeded share of real rows per label kept out of the fit for metrics")

@@ -1,5 +1,5 @@
-"""Benchmark: the generator pool's output tokens/s against bare `vllm.LLM.generate` on the same prompts and engine
-settings, and JSON validity per stage with schema-guided decoding against unguided generation.
+"""Benchmark: the generator pool's output tokens/s against bare `vllm.LLM.generate` on the same prompts (the
+default output format's two stages) and engine settings. What the rows are worth: jobs/benchmark_quality.py.
 
 Run: .venv/bin/python jobs/benchmark_generation.py [--groups 16] [--samples 5]   (prints; asserts nothing)
 """
@@ -26,21 +26,22 @@ class BareEngine:
 
         self.engine = Engine(cfg)
 
-    def run(self, conversations, schema, seeds, sampling) -> dict:
+    def run(self, prompts, seeds, sampling) -> dict:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
 
-        prompts = [TokensPrompt(prompt_token_ids=self.engine.prompt_ids(c)) for c in conversations]
-        params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p,
-                                 max_tokens=sampling.max_tokens, seed=s,
-                                 structured_outputs=StructuredOutputsParams(json=schema) if schema else None)
-                  for s in seeds]
+        inputs = [TokensPrompt(prompt_token_ids=self.engine.prompt_ids(p.messages, p.answer_prefix)) for p in prompts]
+        params = [SamplingParams(n=p.n, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 repetition_penalty=sampling.repetition_penalty,
+                                 max_tokens=p.max_tokens or sampling.max_tokens, seed=s, stop=list(p.stop) or None,
+                                 structured_outputs=StructuredOutputsParams(json=p.schema) if p.schema else None)
+                  for p, s in zip(prompts, seeds)]
         t0 = time.perf_counter()
-        outs = self.engine.llm.generate(prompts, params, use_tqdm=False)
+        outs = self.engine.llm.generate(inputs, params, use_tqdm=False)
         return {"seconds": time.perf_counter() - t0,
-                "texts": [(o.outputs[0].text, o.outputs[0].finish_reason) for o in outs],
-                "completion_tokens": sum(len(o.outputs[0].token_ids) for o in outs)}
+                "answers": [([o.text for o in out.outputs], [o.finish_reason for o in out.outputs]) for out in outs],
+                "completion_tokens": sum(len(o.token_ids) for out in outs for o in out.outputs)}
 
 
 def _groups(n_groups: int, group_size: int, seed: int):
@@ -58,19 +59,6 @@ def _groups(n_groups: int, group_size: int, seed: int):
         groups.append({"group_id": gid, "label": label, "anchor_row_id": ids[0], "demo_row_ids": ids,
                        "variance_at_selection": 1.0, "tau": 0.0})
     return table, groups
-
-
-def _validity(texts, parse) -> float:
-    from synalign_ray.generation.prompts import ParseFailure
-
-    ok = 0
-    for text, finish in texts:
-        try:
-            parse(text, finish)
-            ok += 1
-        except ParseFailure:
-            pass
-    return ok / max(len(texts), 1)
 
 
 def run(n_groups: int = 16, samples: int = 5, group_size: int = 8, seed: int = 0) -> list[dict]:
@@ -99,50 +87,38 @@ def run(n_groups: int = 16, samples: int = 5, group_size: int = 8, seed: int = 0
     ray.init(num_cpus=n_cpus, include_dashboard=False, log_to_driver=False)
     try:
         bare = ray.remote(BareEngine).options(num_cpus=g.num_cpus_per_generator).remote(g)
-        stage1 = [P.stage1_messages(preset, [texts[i] for i in grp["demo_row_ids"]], grp["label"]) for grp in groups]
+        fmt = g.output_format
+        stage1 = [P.stage1_prompt(preset, [texts[i] for i in grp["demo_row_ids"]], grp["label"], fmt, budgets)
+                  for grp in groups]
         seeds1 = [request_seed(g.sampling.seed, grp["group_id"], "stage1", 0) for grp in groups]
-        guided1 = ray.get(bare.run.remote(stage1, P.summary_schema(preset, budgets.summary_value), seeds1,
-                                          g.sampling))
+        first = ray.get(bare.run.remote(stage1, seeds1, g.sampling))
         summaries = []
-        for text, finish in guided1["texts"]:
+        for answers, finishes in first["answers"]:
             try:
-                summaries.append(P.parse_summary(text, preset, finish))
+                summaries.append(P.parse_stage1(preset, fmt, answers, finishes))
             except P.ParseFailure:
                 summaries.append({P.attribute_key(a): "unknown" for a in preset.attributes})
-        stage2 = [P.stage2_messages(preset, s, grp["label"], samples) for s, grp in zip(summaries, groups)]
+        stage2 = [P.stage2_prompt(preset, g.mode, fmt, samples, budgets, [texts[i] for i in grp["demo_row_ids"]],
+                                  grp["label"], s) for s, grp in zip(summaries, groups)]
         seeds2 = [request_seed(g.sampling.seed, grp["group_id"], "stage2", 0) for grp in groups]
-        guided2 = ray.get(bare.run.remote(stage2, P.samples_schema(samples, budgets.sample), seeds2, g.sampling))
-        free1 = ray.get(bare.run.remote(stage1, None, seeds1, g.sampling))
-        free2 = ray.get(bare.run.remote(stage2, None, seeds2, g.sampling))
+        second = ray.get(bare.run.remote(stage2, seeds2, g.sampling))
         ray.kill(bare)
-        bare_tokens = guided1["completion_tokens"] + guided2["completion_tokens"]
-        bare_tps = bare_tokens / (guided1["seconds"] + guided2["seconds"])
+        bare_tokens = first["completion_tokens"] + second["completion_tokens"]
+        bare_tps = bare_tokens / (first["seconds"] + second["seconds"])
 
         manifest = generate_stage(cfg, str(work / "schedule.parquet"))
     finally:
         ray.shutdown()
     pool_tps = manifest["pool"]["output_tokens_per_second"]
-    v = {
-        "stage1 guided": _validity(guided1["texts"], lambda t, f: P.parse_summary(t, preset, f)),
-        "stage1 unguided": _validity(free1["texts"], lambda t, f: P.parse_summary(t, preset, f)),
-        "stage2 guided": _validity(guided2["texts"], lambda t, f: P.parse_samples(t, samples, f)),
-        "stage2 unguided": _validity(free2["texts"], lambda t, f: P.parse_samples(t, samples, f)),
-    }
-    print(f"\ngeneration: {n_groups} SST-2 groups of {group_size}, {samples} samples per summary, "
-          f"{g.model}, max_tokens {g.sampling.max_tokens} (strings up to {budgets.summary_value}/{budgets.sample} "
-          f"characters)")
+    print(f"\ngeneration: {n_groups} SST-2 groups of {group_size}, {samples} samples per summary, {g.model}, "
+          f"{g.mode}, {g.output_format} format")
     print(f"  bare vllm.LLM.generate: {bare_tokens} output tokens, {bare_tps:7.1f} tokens/s")
     print(f"  generator pool:         {sum(t['completion'] for t in manifest['tokens'].values())} output tokens, "
           f"{pool_tps:7.1f} tokens/s (busy {manifest['pool']['busy_fraction']:.0%}, "
           f"{len(manifest['failed_groups'])} failed groups, retries included)")
     print(f"  ratio (pool / bare): {pool_tps / bare_tps:.2f}x  (target >= 0.9x)")
-    print("  JSON validity on first attempt: " + ", ".join(f"{k} {val:.0%}" for k, val in v.items())
-          + "  (target >= 99% guided)")
     return [{"stage": "generation (output tokens/s)", "ours": pool_tps, "baseline": bare_tps,
-             "ratio": pool_tps / bare_tps, "target": ">= 0.9x"},
-            *({"stage": f"{stage} JSON validity (guided vs unguided)", "ours": v[f"{stage} guided"],
-               "baseline": v[f"{stage} unguided"], "ratio": v[f"{stage} guided"] / max(v[f"{stage} unguided"], 1e-9),
-               "target": ">= 99% guided"} for stage in ("stage1", "stage2"))]
+             "ratio": pool_tps / bare_tps, "target": ">= 0.9x"}]
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -132,6 +133,10 @@ def evaluate(run_dir: str, test: str | None, loss: str = "ce", classifier: str =
         raise InputError("evaluation needs labelled data (data.label_column is null in this run)")
     real = io.read_parts(loc.join("embeddings"))
     gen = io.read_parts(loc.join("generated_embeddings"))
+    if "drop_reason" in gen.column_names:  # rows that failed a quality check never reach a training set
+        import pyarrow.compute as pc
+
+        gen = gen.filter(pc.is_null(gen.column("drop_reason")))
     aligned = io.read_parts(loc.join("aligned"))
     real_emb = io.embeddings_from_arrow(real.column(io.EMBEDDING))
     gen_emb = io.embeddings_from_arrow(gen.column(io.EMBEDDING))
@@ -163,9 +168,11 @@ def evaluate(run_dir: str, test: str | None, loss: str = "ce", classifier: str =
     r_emb, r_y = real_emb[train_idx], np.array([code[real_y_names[i]] for i in train_idx])
     r_texts = [real_texts[i] for i in train_idx]
     gen_y_all = np.array([code.get(v, -1) for v in gen.column("label").to_pylist()])
-    aligned_idx = np.asarray(aligned.column("row_index").to_numpy(zero_copy_only=False))
-    aligned_idx = aligned_idx[aligned.column("source").to_numpy(zero_copy_only=False) == "synthetic"] \
-        if "source" in aligned.column_names else aligned_idx
+    # Aligned rows name their generated row by generated_id (its row_id in generated_embeddings); positions in the
+    # aligned draw's own input are not positions here once rows were filtered.
+    gen_pos = {int(r): i for i, r in enumerate(gen.column(io.ROW_ID).to_pylist())}
+    synthetic = aligned.filter(pa.array(np.asarray(aligned.column("source").to_pylist()) == "synthetic"))
+    aligned_idx = np.array([gen_pos[int(g)] for g in synthetic.column("generated_id").to_pylist()], dtype=np.int64)
     random_idx = np.random.default_rng(seed).choice(len(gen_emb), size=len(aligned_idx), replace=True)
     checker = quality_checker(r_emb, r_y, seed)
     imp_all = importance_weights(r_emb, np.array([classes[i] for i in r_y], dtype=object), gen_emb,

@@ -71,9 +71,10 @@ class SelectionConfig(_Strict):
 class SamplingConfig(_Strict):
     """vLLM sampling parameters shared by both prompting stages."""
 
-    temperature: NonNegativeFloat = 0.8
+    temperature: NonNegativeFloat = 0.7  # packaged model, text format: best AUC and MAUVE of 0.6/0.7/0.8
     top_p: float = Field(default=0.95, gt=0.0, le=1.0)
-    max_tokens: PositiveInt = 1024  # prompts.char_budgets turns it into per-string limits
+    max_tokens: PositiveInt = 1024  # json format: prompts.char_budgets turns it into per-string limits
+    repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0, description="vLLM's; 1.0 is off")
     seed: int = 0
 
 
@@ -83,6 +84,9 @@ class GenerationConfig(_Strict):
     preset: str = "sst2"
     presets_file: str | None = Field(default=None, description="YAML file with user-defined presets")
     mode: Literal["two_stage", "one_stage", "simprompt"] = "two_stage"
+    output_format: Literal["text", "json"] = Field(
+        default="text", description="text: attribute lines, then one sample per answer continuing the group's "
+                                    "numbered list (small models); json: schema-guided JSON (capable models)")
     samples_per_summary: PositiveInt = 5
     groups_per_batch: PositiveInt = 8
     num_generators: PositiveInt = 1
@@ -156,6 +160,10 @@ class QualityConfig(_Strict):
                                           description="share of words inside a word n-gram seen twice or more")
     echo_terms: list[str] = Field(default_factory=list, description="prompt/schema echoes beyond the built-in ones")
     near_copy_cosine: float = Field(default=0.95, gt=0.0, le=1.0, description="cosine counting as a near-copy")
+    reference_path: str | None = Field(default=None, description="real rows that are not in the input, to score "
+                                       "against (same format rules as data.path); default: input rows never "
+                                       "shown to the generator")
+    reference_rows: PositiveInt = Field(default=2000, description="seeded sample of the reference that is scored")
     seed: int = 0
 
     @model_validator(mode="after")

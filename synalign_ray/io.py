@@ -61,6 +61,11 @@ class Location:
         url = ("s3://" + path) if is_s3(self.url) else path
         return Location(self.fs, path, url)
 
+    def sibling(self, name: str) -> "Location":
+        """The folder `name` beside this one (same parent)."""
+        path = posixpath.join(posixpath.dirname(self.path.rstrip("/")), name)
+        return Location(self.fs, path, ("s3://" + path) if is_s3(self.url) else path)
+
     def exists(self) -> bool:
         return bool(self.fs.exists(self.path))
 

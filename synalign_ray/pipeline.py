@@ -13,6 +13,7 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from synalign_ray import io
 from synalign_ray.config import SynAlignConfig
@@ -144,6 +145,20 @@ def read_schedule(path: str, cfg: SynAlignConfig) -> pa.Table:
     return table
 
 
+def row_bounds(cfg: SynAlignConfig, preset):
+    """The quality checks' bounds for this preset; an impossible combination fails here, before any model."""
+    from synalign_ray.quality import RowBounds
+
+    return RowBounds.from_config(cfg.quality, preset.max_sample_chars)
+
+
+def row_checker(cfg: SynAlignConfig, preset, bounds, input_texts):
+    """The per-row checks of a run: bounds, prompt and schema echoes of this preset, copies of the input rows."""
+    from synalign_ray.quality import RowChecker, attribute_echo_terms
+
+    return RowChecker(bounds, (*cfg.quality.echo_terms, *attribute_echo_terms(preset.attributes)), input_texts)
+
+
 def _groups_from_rows(rows: list[dict[str, Any]], texts: dict[int, str], done: set[int]) -> list:
     from synalign_ray.generation.worker import Group
 
@@ -160,6 +175,7 @@ def _generation_fingerprint(cfg: SynAlignConfig, schedule_path: str | None) -> d
     """What a resumed run must share with the run it continues, or its rows would mix two configurations."""
     return {"data": cfg.data.model_dump(mode="json"), "schedule": schedule_path,
             "selection": None if schedule_path else cfg.selection.model_dump(mode="json"),
+            "quality": cfg.quality.model_dump(mode="json"),
             "generation": cfg.generation.model_dump(mode="json", exclude={"num_generators", "max_in_flight",
                                                                          "num_gpus_per_generator",
                                                                          "num_cpus_per_generator"})}
@@ -190,17 +206,19 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
     Resumable: rerun with the same output path and only the groups not yet written are generated. A running
     `GeneratorPool` of the same model may be passed in to skip engine start-up; it is left running.
     """
-    from synalign_ray.generation.ledger import GenerationLedger
+    from synalign_ray.generation.ledger import GenerationLedger, dropped_location
     from synalign_ray.generation.prompts import char_budgets, load_preset, prompt_fingerprint
     from synalign_ray.models import check_llm
 
     g = cfg.generation
     preset = load_preset(g.preset, g.presets_file)
+    bounds = row_bounds(cfg, preset)
     budgets = char_budgets(preset, g.samples_per_summary, g.sampling.max_tokens)
-    if not budgets.fits:
+    json_format = g.output_format == "json"  # the text format sizes its answers itself (prompts.text_sample_tokens)
+    if json_format and not budgets.fits:
         log.warning("generation.sampling.max_tokens=%d cannot hold a JSON answer of this preset; every request will "
                     "be cut off and its group reported as failed", g.sampling.max_tokens)
-    elif budgets.sample < preset.max_sample_chars:
+    elif json_format and budgets.sample < preset.max_sample_chars:
         log.warning("generation.sampling.max_tokens=%d caps each of %d samples at %d characters (preset %s allows %d); "
                     "set it to %d to let samples reach full length", g.sampling.max_tokens, g.samples_per_summary,
                     budgets.sample, preset.name, preset.max_sample_chars, budgets.sample_tokens_needed)
@@ -220,11 +238,14 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
             raise InputError(f"{out.url} already holds a complete generation result ({io.MANIFEST}); "
                              "set output.overwrite=true or choose another output path")
         out.fs.rm(out.path, recursive=True)
+        if (dropped := dropped_location(out)).exists():
+            dropped.fs.rm(dropped.path, recursive=True)
     fingerprint = _generation_fingerprint(cfg, schedule_path)
     _check_resume(out, cfg, fingerprint)
-    ledger = GenerationLedger(out, cfg.storage)
-    done = ledger.done_groups
     texts = dict(zip(real.column(io.ROW_ID).to_pylist(), real.column(cfg.data.text_column).to_pylist()))
+    ledger = GenerationLedger(out, cfg.storage, row_check=row_checker(cfg, preset, bounds, texts.values()),
+                              drop=cfg.quality.filter)
+    done = ledger.done_groups
     t_start = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -280,9 +301,10 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
             tot = ledger.totals()
             elapsed = time.monotonic() - gen_t0
             out_tokens = sum(t["completion"] for t in tot["tokens"].values())
-            log.info("groups %d/%d, rows %d, %.0f output tokens/s, failed groups %d, duplicates %d "
-                     "(batch %d: %d rows)", tot["groups_done"], total, tot["rows"], out_tokens / max(elapsed, 1e-9),
-                     len(tot["failed_groups"]), tot["duplicates_removed"], entry["seq"], entry["rows"])
+            log.info("groups %d/%d, rows kept %d, failed a check %d, %.0f output tokens/s, failed groups %d, "
+                     "duplicates %d (batch %d: %d kept, %d dropped)", tot["groups_done"], total, tot["rows"],
+                     sum(tot["failed_checks"].values()), out_tokens / max(elapsed, 1e-9), len(tot["failed_groups"]),
+                     tot["duplicates_removed"], entry["seq"], entry["rows"], entry["dropped"])
 
         try:
             stats = pool.run(feed(), on_result, g, preset)
@@ -294,12 +316,17 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
 
     totals = ledger.totals()
     parts = totals.pop("parts")
+    dropped_parts = totals.pop("dropped_parts")
+    io.write_manifest(ledger.dropped_loc, {"kind": "dropped", "of": out.url, "parts": dropped_parts,
+                                           "rows": totals["dropped_rows"], "failed_checks": totals["failed_checks"]},
+                      cfg.storage)
     manifest = {
         "kind": "generated", "input": cfg.data.path, "schedule": schedule_path, "output": out.url,
-        "parts": parts, "rows": totals["rows"], **totals,
+        "parts": parts, "rows": totals["rows"], **totals, "dropped_output": ledger.dropped_loc.url,
         "groups_total": total, "model": g.model, "model_path": pool.info["model_path"], "mode": g.mode,
-        "preset": preset.name,
-        "prompt_hash": prompt_fingerprint(preset, g.mode, g.samples_per_summary, g.sampling.max_tokens),
+        "output_format": g.output_format, "preset": preset.name,
+        "prompt_hash": prompt_fingerprint(preset, g.mode, g.output_format, g.samples_per_summary,
+                                          g.sampling.max_tokens),
         "pool": {"generators": g.num_generators, "batches_this_run": stats.batches,
                  "busy_fraction": round(stats.busy_fraction, 4), "actor_replacements": stats.actor_replacements,
                  "output_tokens_per_second": round(stats.completion_tokens / max(stats.wall_seconds, 1e-9), 1)},
@@ -307,9 +334,28 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
         "seconds": round(time.monotonic() - t_start, 3), "config": cfg.redacted(), "synalign_version": _version(),
     }
     io.write_manifest(out, manifest, cfg.storage)
-    log.info("generated %d rows for %d group(s) in %.1f s -> %s", manifest["rows"], totals["groups_done"],
-             manifest["seconds"], out.url)
+    log.info("generated %d rows for %d group(s) in %.1f s -> %s (%d rows failed a quality check: %s)",
+             manifest["rows"], totals["groups_done"], manifest["seconds"], out.url, totals["dropped_rows"],
+             _top_reasons(totals["failed_checks"]) or "none")
+    check_generated_rows(manifest)
     return manifest
+
+
+def _top_reasons(counts: dict[str, int], top: int = 3) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1])[:top])
+
+
+def check_generated_rows(manifest: dict[str, Any]) -> None:
+    """A generation result with no usable row is an error that says why; its rows stay on disk for inspection."""
+    if manifest["rows"] > 0:
+        return
+    if manifest.get("dropped_rows"):
+        raise InputError(f"every generated row failed a quality check (top reasons: "
+                         f"{_top_reasons(manifest['failed_checks'])}); the {manifest['dropped_rows']} rows are in "
+                         f"{manifest['dropped_output']}. Loosen quality.* or set quality.filter=false to keep them")
+    raise InputError(f"generation produced no usable rows (every group failed: "
+                     f"{_top_reasons(manifest.get('failure_reasons', {})) or 'no groups'}); see "
+                     f"{manifest['output']}/{io.MANIFEST}")
 
 
 # -------------------------------------------------------------------------------------------------- selection
@@ -413,6 +459,113 @@ def _embedded_stage(run_dir: io.Location, name: str, rows: pa.Table, text_column
                                             "dim": embedded.schema.field(io.EMBEDDING).type.list_size}), embedded
 
 
+DROP_REASON = "drop_reason"
+GENERATED_ID = "generated_id"
+
+
+def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_manifest: dict[str, Any],
+                                embedded: pa.Table, stage_cfg) -> tuple[dict[str, Any], pa.Table]:
+    """Embed every generated row, kept and dropped (the quality table scores both), and mark the kept rows that
+    repeat an input row in other words (near_copy) or a row of their own group (near_duplicate) as dropped; or
+    reuse the complete folder."""
+    from synalign_ray.generation.ledger import DROPPED_SCHEMA, dropped_location
+    from synalign_ray.quality import near_copy_max_cosine
+
+    loc = run_dir.join("generated_embeddings")
+    if (m := io.read_manifest(loc)) is not None:
+        log.info("stage generated_embeddings: complete, reusing %s", loc.url)
+        return m, io.read_parts(loc, m)
+    cfg = stage_cfg("generated_embeddings")
+    kept = io.read_parts(gen_loc, gen_manifest)
+    kept = kept.append_column(DROP_REASON, pa.nulls(kept.num_rows, pa.string()))
+    dropped_loc = dropped_location(gen_loc)
+    dropped = io.read_parts(dropped_loc, io.read_manifest(dropped_loc)) if gen_manifest.get("dropped_rows") else None
+    rows = pa.concat_tables([kept.cast(DROPPED_SCHEMA)] + ([dropped.cast(DROPPED_SCHEMA)] if dropped else []))
+    rows = rows.append_column(io.ROW_ID, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
+    out = embed_rows(rows, cfg, "text")
+    emb = io.embeddings_from_arrow(out.column(io.EMBEDDING))
+    reasons = out.column(DROP_REASON).to_pylist()
+    live = np.flatnonzero([r is None for r in reasons])
+    q = cfg.quality
+    nearest = near_copy_max_cosine(emb[live], io.embeddings_from_arrow(embedded.column(io.EMBEDDING)))
+    for i in live[nearest >= q.near_copy_cosine]:
+        reasons[i] = "near_copy"
+    near_copies = int((nearest >= q.near_copy_cosine).sum())
+    near_duplicates = 0
+    if cfg.generation.dedup_near_threshold is not None:
+        from synalign_ray.generation.dedup import near_duplicate_keep
+
+        live = np.flatnonzero([r is None for r in reasons])
+        keep = near_duplicate_keep(emb[live], out.column("group_id").to_numpy()[live],
+                                   cfg.generation.dedup_near_threshold)
+        for i in live[~keep]:
+            reasons[i] = "near_duplicate"
+        near_duplicates = int((~keep).sum())
+    if q.filter:
+        out = out.set_column(out.column_names.index(DROP_REASON), DROP_REASON, pa.array(reasons, pa.string()))
+    failed_checks = dict(gen_manifest.get("failed_checks", {}))
+    for name, count in (("near_copy", near_copies), ("near_duplicate", near_duplicates)):
+        if count:
+            failed_checks[name] = count
+    log.info("generated rows: %d kept, %d dropped (%s)", sum(r is None for r in reasons),
+             sum(r is not None for r in reasons), _top_reasons(failed_checks, top=6) or "none")
+    return write_table(out, loc, cfg, {"kind": "embeddings", "input": gen_loc.url, "model": cfg.embedding.model,
+                                       "dim": emb.shape[1], "failed_checks": failed_checks,
+                                       "kept_rows": sum(r is None for r in reasons)}), out
+
+
+def _score_run(cfg: SynAlignConfig, embedded: pa.Table, gen_embedded: pa.Table, aligned: pa.Table) -> dict[str, Any]:
+    """The quality table of a run: all generated rows, the kept ones and the aligned draw, each against a real
+    reference the generator never saw, beside the same scores for other real rows (the ceiling)."""
+    from synalign_ray import quality
+
+    q, label = cfg.quality, cfg.data.label_column
+    rng = np.random.default_rng(q.seed)
+    real_emb = io.embeddings_from_arrow(embedded.column(io.EMBEDDING))
+    demos = {int(i) for ids in gen_embedded.column("demo_row_ids").to_pylist() for i in ids}
+    if q.reference_path:
+        reference = ensure_embedded(read_rows(q.reference_path, cfg, "quality reference"), cfg)[0]
+        where = f"{q.reference_path} ({min(reference.num_rows, q.reference_rows)} rows)"
+        pool = embedded.filter(pa.array([int(i) not in demos for i in embedded.column(io.ROW_ID).to_pylist()]))
+    else:
+        unseen = embedded.filter(pa.array([int(i) not in demos for i in embedded.column(io.ROW_ID).to_pylist()]))
+        order = rng.permutation(unseen.num_rows)
+        # Half the unseen rows at most, so the ceiling has other real rows to draw from.
+        size = min(q.reference_rows, unseen.num_rows // 2)
+        reference, pool = unseen.take(pa.array(np.sort(order[:size]))), unseen.take(pa.array(np.sort(order[size:])))
+        where = f"{size} input rows never shown to the generator"
+    if reference.num_rows > q.reference_rows:
+        reference = reference.take(pa.array(np.sort(rng.choice(reference.num_rows, q.reference_rows, replace=False))))
+    ref_emb = io.embeddings_from_arrow(reference.column(io.EMBEDDING))
+    ref_labels = reference.column(label).to_pylist() if label and label in reference.column_names else None
+
+    def labels_of(table: pa.Table, column: str) -> list | None:
+        return table.column(column).to_pylist() if ref_labels is not None and column in table.column_names else None
+
+    kept = gen_embedded.filter(pc.is_null(gen_embedded.column(DROP_REASON)))
+    by_id = {int(g): i for i, g in enumerate(gen_embedded.column(io.ROW_ID).to_pylist())}
+    drawn = aligned.filter(pc.equal(aligned.column("source"), "synthetic")) if "source" in aligned.column_names \
+        else aligned
+    drawn = gen_embedded.take(pa.array([by_id[int(g)] for g in drawn.column(GENERATED_ID).to_pylist()]))
+    sets = {"all generated": gen_embedded, "kept": kept, "aligned draw": drawn}
+    scores = {}
+    for name, table in sets.items():
+        if table.num_rows == 0:
+            continue
+        scores[name] = quality.score_set(
+            io.embeddings_from_arrow(table.column(io.EMBEDDING)), labels_of(table, "label"),
+            table.column("text").to_pylist(), ref_emb, ref_labels, q.seed, group_ids=table.column("group_id").to_pylist(),
+            input_emb=real_emb, near_copy_cosine=q.near_copy_cosine)
+    if pool.num_rows >= 2:
+        scores["real ceiling"] = quality.real_ceiling(
+            io.embeddings_from_arrow(pool.column(io.EMBEDDING)), labels_of(pool, label) if label else None,
+            pool.column(cfg.data.text_column).to_pylist(), ref_emb, ref_labels, max(kept.num_rows, 2), q.seed)
+    log.info("quality against %s: %s", where, "; ".join(
+        f"{name} AUC {s['two_sample_auc']:.2f} MAUVE {s['mauve']:.2f}" for name, s in scores.items()
+        if s.get("two_sample_auc") is not None and s.get("mauve") is not None))
+    return {"reference": where, "sets": scores}
+
+
 def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
     """`synalign run`: read -> embed -> tracker + generator pool -> embed generated -> align -> report.
 
@@ -471,27 +624,18 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
         else:
             log.info("stage generated: complete, reusing %s", loc.url)
         manifests["generated"], timings["generate"] = m, time.monotonic() - t0
-        generated = io.read_parts(loc, m)
-        if generated.num_rows == 0:
-            raise InputError("generation produced no usable rows (every group failed); see "
-                             f"{loc.url}/{io.MANIFEST} failure_reasons")
+        check_generated_rows(m)
 
-        # 3. generated rows -> embeddings
+        # 3. generated rows, kept and dropped, -> embeddings; near-copies of input rows marked dropped
         t0 = time.monotonic()
-        gen_rows = generated.append_column(io.ROW_ID, pa.array(np.arange(generated.num_rows, dtype=np.int64)))
-        manifests["generated_embeddings"], gen_embedded = _embedded_stage(
-            run_dir, "generated_embeddings", gen_rows, "text", run_dir.join("generated").url, stage_cfg)
+        manifests["generated_embeddings"], gen_embedded = _generated_embeddings_stage(
+            run_dir, loc, m, embedded, stage_cfg)
         timings["embed_generated"] = time.monotonic() - t0
-        near_duplicates = 0
-        if cfg.generation.dedup_near_threshold is not None:
-            from synalign_ray.generation.dedup import near_duplicate_keep
-
-            keep = near_duplicate_keep(io.embeddings_from_arrow(gen_embedded.column(io.EMBEDDING)),
-                                       gen_embedded.column("group_id").to_numpy(), cfg.generation.dedup_near_threshold)
-            near_duplicates = int((~keep).sum())
-            gen_embedded = gen_embedded.filter(pa.array(keep))
-            log.info("dropped %d near-duplicate rows (cosine > %s within a group)", near_duplicates,
-                     cfg.generation.dedup_near_threshold)
+        kept = gen_embedded.filter(pc.is_null(gen_embedded.column(DROP_REASON)))
+        if kept.num_rows == 0:
+            raise InputError(f"every generated row failed a quality check "
+                             f"({_top_reasons(manifests['generated_embeddings']['failed_checks'])}); the rows are in "
+                             f"{run_dir.join('generated_embeddings').url}")
 
         # 4. distributed alignment + weighted resampling
         loc = run_dir.join("aligned")
@@ -501,17 +645,24 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
 
             acfg = stage_cfg("aligned")
             text_col = cfg.data.text_column
-            syn = gen_embedded.drop_columns([io.EMBEDDING, io.ROW_ID])
+            # generated_id: the row's id in generated_embeddings, carried into the aligned rows to join on
+            syn = kept.drop_columns([io.EMBEDDING, DROP_REASON])
+            syn = syn.rename_columns([GENERATED_ID if c == io.ROW_ID else c for c in syn.column_names])
             if text_col != "text":
                 syn = syn.rename_columns([text_col if c == "text" else c for c in syn.column_names])
             if cfg.data.label_column and cfg.data.label_column != "label":
                 syn = syn.rename_columns([cfg.data.label_column if c == "label" else c for c in syn.column_names])
             m = align(acfg, embedded.drop_columns([io.EMBEDDING]),
                       io.embeddings_from_arrow(embedded.column(io.EMBEDDING)), syn,
-                      io.embeddings_from_arrow(gen_embedded.column(io.EMBEDDING)), loc, cfg.storage)
+                      io.embeddings_from_arrow(kept.column(io.EMBEDDING)), loc, cfg.storage)
         else:
             log.info("stage aligned: complete, reusing %s", loc.url)
         manifests["aligned"], timings["align"] = m, time.monotonic() - t0
+
+        # 5. what the rows are worth: every set scored against real rows the generator never saw
+        t0 = time.monotonic()
+        quality = _score_run(cfg, embedded, gen_embedded, io.read_parts(loc, manifests["aligned"]))
+        timings["quality"] = time.monotonic() - t0
 
     gen = manifests["generated"]
     al = manifests["aligned"]
@@ -519,11 +670,13 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
         "kind": "run", "output": run_dir.url, "input": cfg.data.path,
         "stages": {name: run_dir.join(name).url for name in RUN_STAGES},
         "counts": {"real_rows": real.num_rows, "groups": gen["groups_done"], "failed_groups": len(gen["failed_groups"]),
-                   "generated_rows": gen["rows"], "duplicates_removed": gen["duplicates_removed"],
-                   "near_duplicates_removed": near_duplicates,
+                   "generated_rows": gen["rows"] + gen.get("dropped_rows", 0),
+                   "duplicates_removed": gen["duplicates_removed"],
+                   "failed_checks": manifests["generated_embeddings"]["failed_checks"],
+                   "kept_rows": kept.num_rows,
                    "aligned_rows": al["counts"]["rows"], "distinct_fraction": al["counts"]["distinct_fraction"]},
         "tokens": gen["tokens"], "generator_busy_fraction": gen["pool"]["busy_fraction"],
-        "metrics": al["metrics"], "fit": al.get("fit", {}),
+        "quality": quality, "metrics": al["metrics"], "fit": al.get("fit", {}),
         "timings_this_invocation": {k: round(v, 3) for k, v in timings.items()},
         "seconds_this_invocation": round(time.monotonic() - t_run, 3),
         "config": cfg.redacted(), "synalign_version": _version(),

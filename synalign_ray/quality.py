@@ -158,6 +158,45 @@ def _echo_matchers(echo_terms: Iterable[str]) -> tuple[re.Pattern[str] | None, f
     return pattern, frozenset(whole)
 
 
+class RowChecker:
+    """Per-row checks with the echo patterns and the input rows' copy keys prepared once, for a job that checks
+    batch after batch against the same input."""
+
+    def __init__(self, bounds: RowBounds, echo_terms: Sequence[str] = (), input_texts: Iterable[str] = ()):
+        self.bounds = bounds
+        self.echo_anywhere, self.echo_whole = _echo_matchers(echo_terms)
+        self.inputs = (frozenset(_copy_key(t) for t in input_texts) if "copy_of_input" in bounds.checks
+                       else frozenset())
+        self.enabled = [c for c in CHECK_REASONS if c in bounds.checks]
+
+    def _fails(self, check: str, text: str) -> bool:
+        b = self.bounds
+        if check == "empty":
+            return not text
+        if check == "too_short":
+            return len(text) < b.min_chars
+        if check == "too_long":
+            return len(text) > b.max_chars
+        if check == "low_letter_share":
+            return letter_share(text) < b.min_letter_share
+        if check == "repetition":
+            return (longest_char_run(text) > b.max_char_run
+                    or ngram_repeat_share(text, b.repeat_ngram) > b.max_ngram_repeat_share)
+        if check == "prompt_echo":
+            return (_IDENTIFIER.search(text) is not None
+                    or (self.echo_anywhere is not None and self.echo_anywhere.search(text.casefold()) is not None)
+                    or _normalised_words(text) in self.echo_whole)
+        return _copy_key(text) in self.inputs  # copy_of_input
+
+    def __call__(self, texts: Sequence[str]) -> list[str | None]:
+        """The first failing check per row (None: the row passes every enabled check); see check_rows."""
+        out: list[str | None] = []
+        for raw in texts:
+            text = (raw or "").strip()
+            out.append(next((c for c in self.enabled if self._fails(c, text)), None))
+        return out
+
+
 def check_rows(texts: list[str], bounds: RowBounds, echo_terms: Sequence[str] = (),
                input_texts: Iterable[str] = ()) -> list[str | None]:
     """The first failing check per row, in CHECK_REASONS order (None: the row passes every enabled check).
@@ -173,33 +212,7 @@ def check_rows(texts: list[str], bounds: RowBounds, echo_terms: Sequence[str] = 
       so a review that mentions a topic passes);
     - copy_of_input: equal to an input row after casefolding and collapsing whitespace.
     """
-    echo_anywhere, echo_whole = _echo_matchers(echo_terms)
-    inputs = frozenset(_copy_key(t) for t in input_texts) if "copy_of_input" in bounds.checks else frozenset()
-    enabled = [c for c in CHECK_REASONS if c in bounds.checks]
-
-    def fails(check: str, text: str) -> bool:
-        if check == "empty":
-            return not text
-        if check == "too_short":
-            return len(text) < bounds.min_chars
-        if check == "too_long":
-            return len(text) > bounds.max_chars
-        if check == "low_letter_share":
-            return letter_share(text) < bounds.min_letter_share
-        if check == "repetition":
-            return (longest_char_run(text) > bounds.max_char_run
-                    or ngram_repeat_share(text, bounds.repeat_ngram) > bounds.max_ngram_repeat_share)
-        if check == "prompt_echo":
-            return (_IDENTIFIER.search(text) is not None
-                    or (echo_anywhere is not None and echo_anywhere.search(text.casefold()) is not None)
-                    or _normalised_words(text) in echo_whole)
-        return _copy_key(text) in inputs  # copy_of_input
-
-    reasons: list[str | None] = []
-    for raw in texts:
-        text = (raw or "").strip()
-        reasons.append(next((c for c in enabled if fails(c, text)), None))
-    return reasons
+    return RowChecker(bounds, echo_terms, input_texts)(texts)
 
 
 # --------------------------------------------------------------------------------------------- set-level scores

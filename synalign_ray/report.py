@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from synalign_ray import io, metrics
 from synalign_ray.config import SynAlignConfig
@@ -78,6 +79,7 @@ def build_figures(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, 
     rng = np.random.default_rng(cfg.selection.seed)
     _, real = _stage(run_dir, "embeddings")
     gen_manifest, gen = _stage(run_dir, "generated_embeddings")
+    gen = _kept(gen)
     al_manifest, aligned = _stage(run_dir, "aligned")
     gen_gen_manifest = io.read_manifest(run_dir.join("generated"))
     real_emb = io.embeddings_from_arrow(real.column(io.EMBEDDING))
@@ -95,9 +97,9 @@ def build_figures(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, 
     gen_idx = np.sort(rng.choice(len(gen_emb), size=min(len(gen_emb), MAP_ROWS), replace=False))
     points = metrics.tsne_map(np.vstack([real_emb[real_idx], gen_emb[gen_idx]]), seed=cfg.selection.seed)
     real_2d, gen_2d = points[:len(real_idx)], points[len(real_idx):]
-    gen_pos = {int(j): i for i, j in enumerate(gen_idx)}
-    chosen = [gen_pos[int(j)] for j in aligned.column("row_index").to_pylist() if int(j) in gen_pos] \
-        if "row_index" in aligned.column_names else []
+    gen_ids = gen.column(io.ROW_ID).to_pylist()
+    gen_pos = {int(gen_ids[j]): i for i, j in enumerate(gen_idx)}
+    chosen = [gen_pos[int(j)] for j in aligned.column("generated_id").to_pylist() if j is not None and int(j) in gen_pos]
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True, sharey=True)
     for ax, title, pts in ((axes[0], "before alignment: all generated rows", gen_2d),
@@ -169,6 +171,75 @@ def build_figures(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, 
     return figures
 
 
+def _kept(gen):
+    """The generated rows that passed every quality check (all of them in runs without the column)."""
+    import pyarrow.compute as pc
+
+    return gen.filter(pc.is_null(gen.column("drop_reason"))) if "drop_reason" in gen.column_names else gen
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "<td>–</td>"
+    return f"<td>{value:.3g}</td>" if isinstance(value, float) else f"<td>{html.escape(str(value))}</td>"
+
+
+def _quality_table(quality: dict[str, Any]) -> str:
+    """all generated / kept / aligned draw / real ceiling, each scored against the same real reference."""
+    cols = [("rows", "rows"), ("two_sample_auc", "two-sample AUC (0.5 = indistinguishable)"),
+            ("mauve", "MAUVE (1 = same distribution)"), ("label_agreement", "label agreement"),
+            ("nearest_real_cosine_median", "nearest-real cosine (median)"), ("near_copy_rate", "near-copies of input"),
+            ("distinct_2", "distinct-2"), ("within_group_cosine", "within-group cosine")]
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label in cols)
+    rows = "".join(f"<tr><th>{html.escape(name)}</th>{''.join(_cell(s.get(k)) for k, _ in cols)}</tr>"
+                   for name, s in quality.get("sets", {}).items())
+    return (f"<p>Scored against {html.escape(str(quality.get('reference', '')))}.</p>"
+            f"<table><tr><th></th>{head}</tr>{rows}</table>")
+
+
+# Rows of each kind shown per label in the report.
+SHOWN_ROWS = 6
+
+
+def text_samples(run_dir: io.Location, cfg: SynAlignConfig, seed: int) -> str:
+    """Per label, side by side as a person reads them: demonstrations, kept rows, dropped rows with the check they
+    failed, and rows the alignment drew (seeded samples)."""
+    import pyarrow.compute as pc
+
+    rng = np.random.default_rng(seed)
+    _, real = _stage(run_dir, "embeddings")
+    _, gen = _stage(run_dir, "generated_embeddings")
+    _, aligned = _stage(run_dir, "aligned")
+    label_col = cfg.data.label_column
+    real_text = dict(zip(real.column(io.ROW_ID).to_pylist(), real.column(cfg.data.text_column).to_pylist()))
+    drawn_ids = set(aligned.column("generated_id").drop_null().to_pylist())
+
+    def pick(table, n):
+        idx = np.sort(rng.choice(table.num_rows, size=min(n, table.num_rows), replace=False))
+        return table.take(pa.array(idx, pa.int64())) if len(idx) else table.slice(0, 0)
+
+    labels = sorted(set(gen.column("label").to_pylist()), key=str)
+    sections = []
+    for label in labels:
+        rows = gen.filter(pc.equal(gen.column("label"), label)) if label is not None else gen
+        demo_ids = []
+        for ids in rows.column("demo_row_ids").to_pylist()[:1] + rows.column("demo_row_ids").to_pylist()[-1:]:
+            demo_ids += [i for i in ids[:SHOWN_ROWS // 2] if i not in demo_ids]
+        kept = rows.filter(pc.is_null(rows.column("drop_reason")))
+        dropped = rows.filter(pc.invert(pc.is_null(rows.column("drop_reason"))))
+        drawn = kept.filter(pa.array([i in drawn_ids for i in kept.column(io.ROW_ID).to_pylist()], pa.bool_()))
+        lists = [("demonstrations (real)", [real_text.get(i, "") for i in demo_ids]),
+                 (f"kept ({kept.num_rows})", pick(kept, SHOWN_ROWS).column("text").to_pylist()),
+                 (f"dropped ({dropped.num_rows})", [f"[{r['drop_reason']}] {r['text']}"
+                                                    for r in pick(dropped, SHOWN_ROWS).to_pylist()]),
+                 (f"drawn by alignment ({drawn.num_rows} distinct)", pick(drawn, SHOWN_ROWS).column("text").to_pylist())]
+        cells = "".join(f"<td><b>{html.escape(title)}</b><ul>" + "".join(f"<li>{html.escape(t[:300])}</li>" for t in texts)
+                        + "</ul></td>" for title, texts in lists)
+        sections.append(f"<h3>{html.escape(str(label_col or 'rows'))}: {html.escape(str(label))}</h3>"
+                        f"<table class='text'><tr>{cells}</tr></table>")
+    return "".join(sections)
+
+
 def _metric_table(m: dict[str, Any]) -> str:
     cols = [("rows", "rows"), ("mmd2_rbf", "MMD² (RBF)"), ("wasserstein1", "Wasserstein-1"),
             ("sliced_wasserstein", "sliced W"), ("vocabulary_size", "vocabulary"), ("duplicate_rate", "duplicates")]
@@ -200,19 +271,26 @@ def write_report(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, A
     facts = [
         ("run directory", run_dir.url), ("real rows", summary.get("counts", {}).get("real_rows", "")),
         ("groups done / failed", f"{gen['groups_done']} / {len(gen['failed_groups'])}"),
-        ("generated rows (exact duplicates removed)", f"{gen['rows']} ({gen['duplicates_removed']})"),
+        ("generated rows (exact duplicates removed)",
+         f"{gen['rows'] + gen.get('dropped_rows', 0)} ({gen['duplicates_removed']})"),
+        ("kept rows (failed a quality check, by check)",
+         f"{summary.get('counts', {}).get('kept_rows', '')} ({summary.get('counts', {}).get('failed_checks', {})})"),
         ("aligned rows (distinct)", f"{counts['rows']} ({counts['distinct_fraction']:.1%})"),
         ("effective sample size", f"{al.get('fit', {}).get('ess', float('nan')):.1f}"),
         ("generator busy (share of generation wall time)", f"{gen['pool']['busy_fraction']:.1%}"),
         ("output tokens/s", gen["pool"]["output_tokens_per_second"]),
-        ("model / mode / preset", f"{gen['model']} / {gen['mode']} / {gen['preset']}"),
+        ("model / mode / format / preset",
+         f"{gen['model']} / {gen['mode']} / {gen.get('output_format', 'json')} / {gen['preset']}"),
     ]
     fact_rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>synalign run report</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}}
 table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}
-th{{background:#f4f4f4}}figure{{display:inline-block;margin:1em}}img{{max-width:100%}}</style></head><body>
+th{{background:#f4f4f4}}figure{{display:inline-block;margin:1em}}img{{max-width:100%}}
+table.text td{{text-align:left;vertical-align:top;width:25%;font-size:90%}}</style></head><body>
 <h1>synalign run report</h1><table>{fact_rows}</table>
+<h2>Quality of the rows</h2>{_quality_table(summary.get('quality') or {})}
+<h2>The rows themselves</h2>{text_samples(run_dir, cfg, cfg.quality.seed)}
 <h2>Distribution distance to the real rows the fit used (in-sample)</h2>{_metric_table(al.get('metrics', {}))}
 <h2>Distance to held-out real rows (never seen by the fit)</h2>{_metric_table(al.get('metrics_held_out') or {})}
 {body}</body></html>"""

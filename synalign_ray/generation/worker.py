@@ -66,20 +66,21 @@ class Generator:
         return {"model": self.model_name, "model_path": self.engine.model_path,
                 "max_model_len": self.engine.max_model_len}
 
-    def _run_stage(self, cfg: GenerationConfig, stage: str, requests: dict[int, list[dict[str, str]]], schema: dict,
-                   parse, tokens: dict[str, dict[str, int]], failures: list[dict[str, Any]],
+    def _run_stage(self, cfg: GenerationConfig, stage: str, prompts: dict[int, P.Prompt], parse,
+                   tokens: dict[str, dict[str, int]], failures: list[dict[str, Any]],
                    group_tokens: dict[int, list[int]]) -> dict[int, Any]:
-        """Send every pending request, parse, and resend the failed ones up to max_retries times."""
+        """Send every pending prompt, parse, and resend the failed ones up to max_retries times."""
         done: dict[int, Any] = {}
-        pending = dict(requests)
+        pending = dict(prompts)
+        tokens.setdefault(stage, {"prompt": 0, "completion": 0})
         for attempt in range(cfg.max_retries + 1):
             if not pending:
                 break
             gids = list(pending)
-            outs = self.engine.complete([pending[g] for g in gids], [schema] * len(gids),
+            outs = self.engine.complete([pending[g] for g in gids],
                                         [request_seed(cfg.sampling.seed, g, stage, attempt) for g in gids],
                                         cfg.sampling)
-            still: dict[int, list[dict[str, str]]] = {}
+            still: dict[int, P.Prompt] = {}
             for gid, out in zip(gids, outs):
                 tokens[stage]["prompt"] += out.prompt_tokens
                 tokens[stage]["completion"] += out.completion_tokens
@@ -91,7 +92,7 @@ class Generator:
                                      "detail": out.error, "attempts": attempt + 1})
                     continue
                 try:
-                    done[gid] = parse(out.text, out.finish_reason)
+                    done[gid] = parse(out.texts, out.finish_reasons)
                 except P.ParseFailure as err:
                     if attempt == cfg.max_retries:
                         failures.append({"group_id": gid, "stage": stage, "reason": err.reason,
@@ -103,29 +104,21 @@ class Generator:
 
     def generate(self, groups: list[Group], cfg: GenerationConfig, preset: P.Preset) -> BatchResult:
         t0 = time.monotonic()
-        n, mode = cfg.samples_per_summary, cfg.mode
+        n, mode, fmt = cfg.samples_per_summary, cfg.mode, cfg.output_format
         tokens = {s: {"prompt": 0, "completion": 0} for s in ("stage1", "stage2")}
         failures: list[dict[str, Any]] = []
         group_tokens = {g.group_id: [0, 0] for g in groups}
-        by_id = {g.group_id: g for g in groups}
         budgets = P.char_budgets(preset, n, cfg.sampling.max_tokens)
-        summaries: dict[int, dict[str, str] | None] = {}
-
-        def parse_samples(text, finish):
-            return P.parse_samples(text, n, finish)
-
-        if mode == "two_stage":
+        summaries: dict[int, dict[str, str]] = {}
+        if "stage1" in P.MODE_STAGES[mode]:
             summaries = self._run_stage(
-                cfg, "stage1", {g.group_id: P.stage1_messages(preset, g.texts, g.label) for g in groups},
-                P.summary_schema(preset, budgets.summary_value),
-                lambda text, finish: P.parse_summary(text, preset, finish), tokens, failures, group_tokens)
-            stage2 = {gid: P.stage2_messages(preset, s, by_id[gid].label, n) for gid, s in summaries.items()}
-        elif mode == "one_stage":
-            stage2 = {g.group_id: P.one_stage_messages(preset, g.texts, g.label, n) for g in groups}
-        else:
-            stage2 = {g.group_id: P.simprompt_messages(preset, g.label, n) for g in groups}
-        samples = self._run_stage(cfg, "stage2", stage2, P.samples_schema(n, budgets.sample), parse_samples, tokens,
-                                  failures, group_tokens)
+                cfg, "stage1", {g.group_id: P.stage1_prompt(preset, g.texts, g.label, fmt, budgets) for g in groups},
+                lambda texts, finishes: P.parse_stage1(preset, fmt, texts, finishes), tokens, failures, group_tokens)
+        writers = [g for g in groups if "stage1" not in P.MODE_STAGES[mode] or g.group_id in summaries]
+        samples = self._run_stage(
+            cfg, "stage2", {g.group_id: P.stage2_prompt(preset, mode, fmt, n, budgets, g.texts, g.label,
+                                                         summaries.get(g.group_id)) for g in writers},
+            lambda texts, finishes: P.parse_stage2(fmt, n, texts, finishes), tokens, failures, group_tokens)
 
         rows: list[dict[str, Any]] = []
         for g in groups:

@@ -17,6 +17,7 @@ import pytest
 from synalign_ray import io
 from synalign_ray.cli import main
 from synalign_ray.config import build_config
+from synalign_ray.errors import InputError
 from synalign_ray.generation import ledger as ledger_mod
 from synalign_ray.pipeline import embed_rows, generate_stage, write_table
 from tests.conftest import REPO, data_file
@@ -73,9 +74,12 @@ def test_driver_sigkilled_mid_generation_resumes_exactly(tmp_path, generator_poo
 def test_llm_junk_output_is_retried_reported_and_the_job_finishes(tmp_path, generator_pool, generation_config):
     out = tmp_path / "gen"
     cfg = build_config({}, [*_gen_overrides(generation_config, out), "generation.sampling.max_tokens=12",
-                            "generation.max_retries=1"])
+                            "generation.max_retries=1", "generation.output_format=json"])
     schedule = write_schedule(tmp_path / "schedule.parquet", io.read_real_rows(cfg.data), 2)
-    manifest = generate_stage(cfg, schedule, pool=generator_pool)
+    with pytest.raises(InputError, match="generation produced no usable rows .*stage1:truncated 2"):
+        generate_stage(cfg, schedule, pool=generator_pool)
+    # The job finished: every group is accounted for on disk, with the reason it failed.
+    manifest = io.read_manifest(io.resolve(str(out)))
     # 12 tokens cannot hold a summary of four attributes: every try is cut off before the JSON closes.
     assert manifest["failed_groups"] == [0, 1] and manifest["rows"] == 0
     assert manifest["failure_reasons"] == {"stage1:truncated": 2}

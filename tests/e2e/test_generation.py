@@ -13,7 +13,7 @@ from synalign_ray.errors import ConfigError, InputError, ModelError, StorageErro
 from synalign_ray.generation import ledger as ledger_mod
 from synalign_ray.generation.prompts import PRESETS, normalise_text
 from synalign_ray.models import resolve_llm
-from synalign_ray.pipeline import generate_stage
+from synalign_ray.pipeline import generate_stage, row_bounds, row_checker
 from tests.conftest import data_file
 from tests.e2e.conftest import write_schedule
 
@@ -44,6 +44,14 @@ def check_output(out_path, real, schedule_path, expect_groups):
     assert covered == set(expect_groups) and manifest["groups_done"] == len(expect_groups)
     keys = [normalise_text(r["text"]) for r in rows]
     assert len(keys) == len(set(keys)), "exact duplicates must be removed"
+    # Kept rows pass every quality check; the dropped ones sit beside the output with the check they failed.
+    cfg = build_config({})
+    checker = row_checker(cfg, PRESETS["sst2"], row_bounds(cfg, PRESETS["sst2"]), real.column("text").to_pylist())
+    assert checker([r["text"] for r in rows]) == [None] * len(rows)
+    dropped_loc = ledger_mod.dropped_location(loc)
+    dropped = io.read_parts(dropped_loc, io.read_manifest(dropped_loc)).to_pylist()
+    assert len(dropped) == manifest["dropped_rows"] == sum(manifest["failed_checks"].values())
+    assert [d["drop_reason"] for d in dropped] == checker([d["text"] for d in dropped])
     for stage in ("stage1", "stage2"):
         assert manifest["tokens"][stage]["completion"] > 0
     assert sum(r["completion_tokens"] for r in rows) <= sum(t["completion"] for t in manifest["tokens"].values())
@@ -61,8 +69,8 @@ def test_packaged_smollm2_converts_once_and_answers_a_chat_prompt(generator_pool
 
     cfg = generation_config.model_copy(update={"mode": "simprompt"})
     result = ray.get(generator_pool.actors[0].generate.remote([Group(0, "positive", [], [])], cfg, PRESETS["sst2"]))
-    # A chat answer that parses as JSON with exactly the asked-for samples (or a counted failure).
-    assert len(result.rows) == 3 or result.failures
+    # Up to the asked-for samples, one per answer (answers cut off by max_tokens are dropped), or a counted failure.
+    assert 1 <= len(result.rows) <= 3 or result.failures
     assert result.tokens["stage2"]["prompt"] > 0 and result.tokens["stage2"]["completion"] > 0
 
 
@@ -74,7 +82,9 @@ def test_four_groups_from_sst2(tmp_path, generator_pool, generation_config):
     _, rows = check_output(tmp_path / "gen", real, schedule, range(4))
     assert manifest["mode"] == "two_stage" and manifest["prompt_hash"]
     summaries = [json.loads(r["summary"]) for r in rows]
-    assert all(set(s) == {"movie_genre", "topic", "language_habits", "review_length"} for s in summaries)
+    # the text format's lenient stage-1 parse keeps the attributes the model named, at least one
+    assert all(s and set(s) <= {"movie_genre", "topic", "language_habits", "review_length"} for s in summaries)
+    assert manifest["output_format"] == "text"
     assert {r["model"] for r in rows} == {"SmolLM2-135M-Instruct"}
 
 
@@ -88,7 +98,7 @@ def test_a_batch_past_the_prefill_step_budget_runs(generator_pool, generation_co
     texts = real_rows(build_config({}, [f"data.path={data_file('sst2_dev.parquet')}"])).column("text").to_pylist()
     groups = [Group(i, "positive", list(range(8 * i, 8 * i + 8)), texts[8 * i:8 * i + 8]) for i in range(16)]
     cfg = generation_config.model_copy(update={
-        "mode": "one_stage", "max_retries": 0,
+        "mode": "one_stage", "max_retries": 0, "output_format": "json",
         "sampling": generation_config.sampling.model_copy(update={"max_tokens": 4})})
     result = ray.get(generator_pool.actors[0].generate.remote(groups, cfg, PRESETS["sst2"]))
     assert result.tokens["stage2"]["prompt"] > 4096

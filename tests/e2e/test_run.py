@@ -1,6 +1,7 @@
 """`synalign run` end to end (real Ray, vLLM CPU, MiniLM): local folder and moto S3, resume, and the Ray job
 entry point against a cluster started with `ray start --head`."""
 
+import html
 import json
 import os
 import shutil
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synalign_ray import io
+from synalign_ray import io, quality
 from synalign_ray.config import DEFAULT_RUN_CONFIG, load_config
 from synalign_ray.pipeline import run_stage
 from tests.conftest import REPO, data_file
@@ -53,15 +54,30 @@ def test_default_run_end_to_end_and_resume(run_target, generator_pool):
     assert counts["real_rows"] == 600 and counts["groups"] == 4
     gen = io.read_parts(loc.join("generated"))
     aligned = io.read_parts(loc.join("aligned"))
-    assert counts["generated_rows"] == gen.num_rows > 0 and counts["aligned_rows"] == aligned.num_rows
+    dropped = io.read_parts(loc.join("generated_dropped"))
+    assert counts["generated_rows"] == gen.num_rows + dropped.num_rows > 0
+    assert counts["aligned_rows"] == aligned.num_rows
+    # The rows are text: at least 80% of what the packaged model wrote passes every quality check, and the
+    # report shows generated rows themselves (the JSON-format output of the previous release kept ~10%).
+    ge = io.read_parts(loc.join("generated_embeddings"))
+    assert counts["kept_rows"] == sum(r is None for r in ge.column("drop_reason").to_pylist())
+    assert counts["kept_rows"] >= 0.8 * counts["generated_rows"], (counts, dropped.to_pylist()[:10])
+    assert set(dropped.column("drop_reason").to_pylist()) <= set(quality.CHECK_REASONS)
+    q = manifest["quality"]["sets"]
+    assert {"all generated", "kept", "aligned draw", "real ceiling"} <= set(q)
+    assert 0.0 <= q["kept"]["two_sample_auc"] <= 1.0 and 0.0 < q["kept"]["mauve"] <= 1.0
     labels = set(io.read_parts(loc.join("embeddings")).column("label").to_pylist())
     assert set(gen.column("label").to_pylist()) <= labels and set(aligned.column("label").to_pylist()) <= labels
     # weight = probability of drawing that synthetic row: one value per row, and over all rows they sum to 1.
-    by_row = dict(zip(aligned.column("row_index").to_pylist(), aligned.column("weight").to_pylist()))
+    by_row = dict(zip(aligned.column("generated_id").to_pylist(), aligned.column("weight").to_pylist()))
+    kept_ids = {i for i, r in zip(ge.column("row_id").to_pylist(), ge.column("drop_reason").to_pylist()) if r is None}
+    assert set(by_row) <= kept_ids, "the alignment draws only rows that passed every check"
     assert all(w > 0 for w in by_row.values()) and sum(by_row.values()) <= 1 + 1e-9
     assert manifest["report"].endswith("report/index.html")
     page = loc.fs.cat(loc.join("report", "index.html").path).decode()
     assert page.count("data:image/png;base64,") >= 4 and "src='http" not in page
+    assert sum(html.escape(t[:300]) in page for t in gen.column("text").to_pylist()) >= 2, "generated rows shown"
+    assert "two-sample AUC" in page
     text = _all_text(loc)
     assert "runsecret9" not in text and "AKIDRUNTEST0001" not in text
     # A second invocation finds the run complete and regenerates nothing.

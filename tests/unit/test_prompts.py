@@ -145,3 +145,61 @@ def test_request_seeds_and_token_shares():
 
 def test_normalised_duplicates():
     assert P.normalise_text("  A  Great\tMovie ") == P.normalise_text("a great movie")
+
+
+# ------------------------------------------------------------------------------------------- plain-text format
+
+
+@pytest.mark.parametrize("name", sorted(P.PRESETS))
+def test_text_format_two_stage_carries_the_summary_and_continues_the_groups_list(name, demos):
+    preset = P.PRESETS[name]
+    budgets = P.char_budgets(preset, 5, 1024)
+    first = P.stage1_prompt(preset, demos, "positive", "text", budgets)
+    assert first.schema is None and first.answer_prefix == f"{P.attribute_title(preset.attributes[0])}:"
+    assert all(f"{i + 1}. {P.one_line(t)}" in first.messages[0]["content"] for i, t in enumerate(demos))
+    summary = {P.attribute_key(a): f"value of {a}" for a in preset.attributes}
+    second = P.stage2_prompt(preset, "two_stage", "text", 5, budgets, demos, "positive", summary)
+    assert all(f"{P.attribute_title(a)}: value of {a}" in second.messages[0]["content"] for a in preset.attributes)
+    assert second.answer_prefix.endswith(f"\n{len(demos) + 1}.") and "\n1. " in second.answer_prefix
+    assert second.answer_prefix.startswith(P.attribute_title(f"{preset.sample_noun}s with {preset.label_text('positive')}:"))
+    assert second.n == 5 and second.stop == ("\n",) and second.max_tokens == P.text_sample_tokens(preset)
+    one = P.stage2_prompt(preset, "one_stage", "text", 5, budgets, demos, "positive")
+    assert "value of" not in one.messages[0]["content"] and one.answer_prefix == second.answer_prefix
+    zero = P.stage2_prompt(preset, "simprompt", "text", 5, budgets, demos, "positive")
+    assert zero.answer_prefix.endswith(":\n1.") and not any(P.one_line(t) in zero.messages[0]["content"] for t in demos)
+    json_first = P.stage1_prompt(preset, demos, "positive", "json", budgets)
+    assert json_first.schema == P.summary_schema(preset, budgets.summary_value) and not json_first.answer_prefix
+
+
+def test_text_summary_parse_is_lenient_but_needs_an_attribute():
+    preset = P.PRESETS["sst2"]
+    answer = (" Drama, romance\n- Topic: love and loss.\nsomething unrelated\nLanguage habits: ...\n"
+              "Review length: short sentences\nMovie genre: repeated, ignored")
+    assert P.parse_summary_text(answer, preset) == {"movie_genre": "Drama, romance", "topic": "love and loss",
+                                                    "review_length": "short sentences"}
+    # a line cut off by max_tokens is not trusted
+    assert P.parse_summary_text(" comedy\nTopic: fam", preset, "length") == {"movie_genre": "comedy"}
+    long = " " + "word " * 40
+    assert len(P.parse_summary_text(long, preset)["movie_genre"]) <= P.SUMMARY_MAX_CHARS
+    with pytest.raises(P.ParseFailure) as err:
+        P.parse_summary_text(" ...\nnothing here", preset)
+    assert err.value.reason == "no_attributes"
+
+
+def test_text_samples_parse_keeps_finished_lines_only():
+    got = P.parse_samples_text([' "A warm, funny film."', " cut off in the midd", "  ", " fine\n"],
+                               ["stop", "length", "stop", "stop"])
+    assert got == ["A warm, funny film.", "fine"]
+    for answers, finishes, reason in ((["x", "y"], ["length", "length"], "truncated"),
+                                      ([" ", ""], ["stop", "stop"], "empty")):
+        with pytest.raises(P.ParseFailure) as err:
+            P.parse_samples_text(answers, finishes)
+        assert err.value.reason == reason
+
+
+def test_prompt_fingerprint_changes_with_mode_and_format():
+    preset = P.PRESETS["sst2"]
+    hashes = {P.prompt_fingerprint(preset, mode, fmt, 5, 1024) for mode in P.MODE_STAGES for fmt in P.OUTPUT_FORMATS}
+    assert len(hashes) == len(P.MODE_STAGES) * len(P.OUTPUT_FORMATS)
+    assert P.prompt_fingerprint(preset, "two_stage", "text", 5, 1024) == P.prompt_fingerprint(
+        preset, "two_stage", "text", 5, 1024)

@@ -28,6 +28,7 @@ class ExactGPRefit:
     """The authors' approach: a fresh exact GP posterior over all rows after every group (gpytorch, float64)."""
 
     def __init__(self, points: np.ndarray, kernel: str, tau: float, noise: float):
+        self.points = points
         self.x = torch.from_numpy(points.astype(np.float64))
         self.kernel, self.tau, self.noise = kernel, tau, noise
         self.observed = np.empty(0, dtype=np.int64)
@@ -58,6 +59,9 @@ class ExactGPRefit:
         with torch.no_grad(), gpytorch.settings.fast_pred_var(False), gpytorch.settings.max_cholesky_size(10**6):
             self.variance = np.concatenate([model(chunk).variance.numpy() for chunk in self.x.split(PREDICT_ROWS)])
 
+    def variance_at(self, rows: np.ndarray) -> np.ndarray:
+        return self.variance[rows]
+
     def top_variance(self, candidates: np.ndarray) -> tuple[float, np.ndarray]:
         values = self.variance[candidates]
         best = values.max()
@@ -65,10 +69,13 @@ class ExactGPRefit:
 
 
 def run_tracker(emb, labels, cfg, refit: bool = False) -> tuple[list[list[int]], float]:
-    """Drain a tracker; with refit, its GP is swapped for ExactGPRefit (same selection rule, other variance source)."""
+    """Drain a tracker; with refit, its GP is swapped for ExactGPRefit (same selection rule, other variance source).
+
+    The config is one exact GP over all rows (gp_scope shared, engine exact): the tracker's one partition."""
     tracker = SelectionTracker(emb, labels, np.arange(emb.shape[0]), cfg)
     if refit:
-        tracker._gp = ExactGPRefit(tracker._unit, cfg.kernel, tracker.tau, cfg.noise)
+        (part,) = tracker._shards[0]._parts.values()
+        part.gp = ExactGPRefit(part.gp.points, cfg.kernel, tracker.tau, cfg.noise)
     start = time.perf_counter()
     groups = [record["demo_row_ids"] for record in tracker.next_groups(cfg.max_groups)]
     return groups, time.perf_counter() - start
@@ -128,7 +135,7 @@ def run(n_groups: int = 200, k: int = 9, subset: int = 5000, baseline_groups: in
     table, emb = cached_embeddings("sst2_train")
     labels = table.column("label").to_pylist()
     n = emb.shape[0]
-    cfg = SelectionConfig(k=args.k, max_groups=args.groups, threshold=1e-6)
+    cfg = SelectionConfig(k=args.k, max_groups=args.groups, threshold=1e-6, gp_scope="shared", engine="exact")
 
     # The machine is shared: the square rate is the best seen in the run (the peak yardstick), while the products
     # bound is timed just before and just after the tracker and averaged, so it sees the load the tracker saw.

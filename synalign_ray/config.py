@@ -61,11 +61,30 @@ class SelectionConfig(_Strict):
     k: PositiveInt = 9
     kernel: Literal["exponential", "rbf"] = "exponential"
     tau: PositiveFloat | Literal["auto"] = "auto"
-    noise: PositiveFloat = 1.0
-    threshold: float = Field(default=0.05, gt=0.0, le=1.0)
+    # Below 1e-4 the float32 state's absolute error (≈ 2.5e-6, measured) nears the smallest variances: at 1e-6 they
+    # came out negative.
+    noise: float = Field(default=1.0, ge=1e-4, description="observation noise σ_n²; at least 1e-4 (float32 state)")
+    threshold: float = Field(default=0.05, gt=0.0, le=1.0, description=(
+        "a label stops once its largest variance is below floor + threshold·(1 − floor), floor = σ_n²/(k+1+σ_n²)"))
     max_groups: PositiveInt = 200
     budget: Literal["average", "proportional"] = "proportional"
+    gp_scope: Literal["per_label", "shared"] = Field(
+        default="per_label", description="one GP per label, or one over all rows (a group lowers other labels too)")
+    rule: Literal["max_variance", "density_weighted"] = Field(
+        default="max_variance", description="anchor: largest variance (paper eq. 3), or variance × local density")
+    engine: Literal["auto", "exact", "partitioned"] = Field(
+        default="auto", description="auto: exact when its state fits max_state_gib, else partitioned")
+    partition_rows: PositiveInt = Field(default=2000, description="most rows in one exact GP of the partitioned engine")
+    max_state_gib: PositiveFloat = Field(default=4.0, description="budget for the GP state (float32 V), all GPs")
     seed: int = 0
+
+    @model_validator(mode="after")
+    def _partitions_hold_groups(self) -> "SelectionConfig":
+        # Bisection leaves partitions of more than partition_rows / 2 rows; each must hold one group.
+        if self.partition_rows < 2 * (self.k + 1):
+            raise ValueError(f"selection.partition_rows={self.partition_rows} must be at least 2·(k+1) = "
+                             f"{2 * (self.k + 1)}")
+        return self
 
 
 class SamplingConfig(_Strict):

@@ -123,6 +123,52 @@ def knn_radius_coverage(real: np.ndarray, selected: np.ndarray, k: int = 5, radi
     return float(covered.mean())
 
 
+def knn_radii_of(real: np.ndarray, rows: np.ndarray, ks: list[int]) -> np.ndarray:
+    """(len(ks), len(rows)): the distance from each of `rows` (positions in `real`) to its k-th nearest other real
+    row, for every k in `ks`; float64, chunked (O(chunk·N) memory). With rows = all of them and one k, knn_radii."""
+    x = np.asarray(real, dtype=np.float64)
+    rows = np.asarray(rows, dtype=np.int64)
+    ks = [int(k) for k in ks]
+    if not all(1 <= k < x.shape[0] for k in ks):
+        raise ValueError(f"every k must be in [1, {x.shape[0] - 1}] for {x.shape[0]} rows, got {ks}")
+    sq_norm = np.einsum("ij,ij->i", x, x)
+    out = np.empty((len(ks), rows.shape[0]))
+    for start in range(0, rows.shape[0], _COVERAGE_CHUNK_ROWS):
+        block_rows = rows[start:start + _COVERAGE_CHUNK_ROWS]
+        sq = sq_norm[block_rows, None] + sq_norm[None, :] - 2.0 * (x[block_rows] @ x.T)
+        sq[np.arange(block_rows.shape[0]), block_rows] = -np.inf  # self sorts first
+        out[:, start:start + block_rows.shape[0]] = np.partition(sq, ks, axis=1)[:, ks].T
+    return np.sqrt(np.maximum(out, 0.0))
+
+
+def nearest_selected_distance(real: np.ndarray, rows: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """Euclidean distance from each of `rows` (positions in `real`) to its nearest `selected` point (float64)."""
+    x = np.asarray(real, dtype=np.float64)
+    s = np.asarray(selected, dtype=np.float64)
+    s_sq = np.einsum("ij,ij->i", s, s)
+    out = np.empty(len(rows))
+    for start in range(0, len(rows), _COVERAGE_CHUNK_ROWS):
+        block = x[np.asarray(rows[start:start + _COVERAGE_CHUNK_ROWS])]
+        sq = np.einsum("ij,ij->i", block, block)[:, None] + s_sq[None, :] - 2.0 * (block @ s.T)
+        out[start:start + block.shape[0]] = sq.min(axis=1)
+    return np.sqrt(np.maximum(out, 0.0))
+
+
+def coverage_profile(real: np.ndarray, selected: np.ndarray, rows: np.ndarray, radii: np.ndarray,
+                     distances: list[float]) -> tuple[np.ndarray, np.ndarray]:
+    """Coverage of `rows` (positions in `real`) by `selected` at every scale: (k-NN-radius coverage for each row of
+    `radii` from knn_radii_of, share of rows within each fixed distance of a selected point).
+
+    The k-NN ball is closed with _BALL_SLACK of room, as in knn_radius_coverage; small k and small distances measure
+    the bulk (are dense rows near a selected one), large ones the reach (does every region have one).
+    """
+    nearest = nearest_selected_distance(real, rows, selected)
+    nearest_sq = nearest ** 2
+    knn = (nearest_sq[None, :] <= np.asarray(radii) ** 2 + _BALL_SLACK).mean(axis=1)
+    fixed = np.array([(nearest <= d).mean() for d in distances])
+    return knn, fixed
+
+
 # ------------------------------------------------------------------------- distribution distances (alignment)
 def median_pairwise_distance(x: np.ndarray, max_rows: int = 1000, seed: int = 0) -> float:
     """Median Euclidean distance between distinct rows of a seeded subsample: the RBF bandwidth heuristic."""

@@ -147,11 +147,21 @@ class IncrementalGP:
                 variance[rows] -= np.einsum("ij,ij->i", pending, pending)
         return variance
 
+    def variance_at(self, rows: np.ndarray) -> np.ndarray:
+        """Exact posterior variance at the points `rows` (float64), pending groups included."""
+        rows = np.asarray(rows, dtype=np.int64)
+        variance = 1.0 - self._sum_sq[rows]
+        if self._n_observed > self._n_synced:
+            pending = self._pending_columns(rows)
+            variance -= np.einsum("ij,ij->i", pending, pending)
+        return variance
+
     def _reserve(self, needed: int) -> None:
         capacity = self._observed.shape[0]
         if needed <= capacity:
             return
-        new_capacity = max(needed, 2 * capacity, 16)
+        # Doubling, but never past one observation per point (all the selection tracker can make) unless asked.
+        new_capacity = max(needed, min(max(2 * capacity, 16), self.points.shape[0]))
         m = self._n_observed
         observed = np.empty(new_capacity, dtype=np.int64)
         observed[:m] = self._observed[:m]
@@ -229,14 +239,17 @@ class IncrementalGP:
         self._pending_l21 = np.zeros((0, m))
         self._pending_inv = np.zeros((0, 0))
 
-    def top_variance(self, candidates: np.ndarray) -> tuple[float, np.ndarray]:
+    def top_variance(self, candidates: np.ndarray, weights: np.ndarray | None = None) -> tuple[float, np.ndarray]:
         """(largest exact variance among `candidates`, the candidates within TIE_TOLERANCE of it), without a sync.
 
-        Candidates are bounded by their variance as of the last sync; the best bounds are evaluated exactly in
-        chunks that double in size until the next bound falls below the best exact value less the tolerance.
+        With `weights` (≥ 0, one per candidate) the score is weight × variance instead. Candidates are bounded by
+        their score as of the last sync; the best bounds are evaluated exactly in chunks that double in size until
+        the next bound falls below the best exact value less the tolerance.
         """
         candidates = np.asarray(candidates, dtype=np.int64)
         bound = 1.0 - self._sum_sq[candidates]
+        if weights is not None:
+            bound *= weights
         if self._n_observed == self._n_synced:
             best = bound.max()
             return float(best), candidates[bound >= best - TIE_TOLERANCE]
@@ -257,7 +270,8 @@ class IncrementalGP:
             take = order[done:done + chunk]
             evaluated[take] = True
             pending = self._pending_columns(candidates[take])
-            exact = bound[take] - np.einsum("ij,ij->i", pending, pending)
+            reduction = np.einsum("ij,ij->i", pending, pending)
+            exact = bound[take] - (reduction if weights is None else weights[take] * reduction)
             best = max(best, exact.max())
             near = exact >= best - TIE_TOLERANCE
             near_rows.append(candidates[take][near])

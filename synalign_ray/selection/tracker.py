@@ -7,18 +7,32 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
+import logging
+import math
+from typing import Any, Callable
 
 import numpy as np
 
 from synalign_ray.config import SelectionConfig
 from synalign_ray.errors import ConfigError, InputError
-from synalign_ray.selection.gp import IncrementalGP, median_pairwise_distance
+from synalign_ray.selection.gp import SYNC_ROWS, TIE_TOLERANCE, VARIANCE_CHUNK, kernel_from_sq_dist, median_pairwise_distance
+from synalign_ray.selection.partitions import PartitionShard, bisect_partitions
+
+log = logging.getLogger(__name__)
 
 # tau: auto = AUTO_TAU_FACTOR × median pairwise distance of AUTO_TAU_SAMPLE seeded rows (see jobs/measure_coverage.py).
 AUTO_TAU_FACTOR = 0.5
 AUTO_TAU_SAMPLE = 2_000
 CHECKPOINT_VERSION = 1
+# rule: density_weighted (see density_weights; constants chosen by jobs/benchmark_selection_scale.py).
+DENSITY_SAMPLE = 1000
+DENSITY_BANDWIDTH = 0.5
+DENSITY_POWER = 1.0
+# A partition's V starts with room for its share of the unit's planned rows times this (it grows if needed).
+PARTITION_CAPACITY_SLACK = 1.25
+# Pending rows before a partition writes V for all its rows. A partition is small, so writing often is cheap, and
+# with nothing pending the next anchor is a plain argmax of the bounds (jobs/benchmark_selection_scale.py measured it).
+PARTITION_SYNC_ROWS = 1
 
 
 def auto_tau(unit_embeddings: np.ndarray, seed: int) -> float:
@@ -45,7 +59,9 @@ def plan_quotas(label_counts: dict[Any, int], max_groups: int, budget: str, k: i
     return {l: int(min(q, label_counts[l] // (k + 1))) for l, q in zip(labels, quotas)}
 
 
-def _validate(embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray, cfg: SelectionConfig) -> None:
+def _validate(embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
+              cfg: SelectionConfig) -> dict[str, int]:
+    """Raise on input no selection can use; return the labels too small for one group (label → rows), skipped."""
     if not isinstance(cfg, SelectionConfig):
         raise ConfigError(f"selection config must be a SelectionConfig, got {type(cfg).__name__}")
     if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2 or embeddings.shape[0] == 0:
@@ -68,16 +84,22 @@ def _validate(embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndar
     if labels is None:
         if n < groups_need:
             raise InputError(f"{n} rows cannot form one group of selection.k+1 = {groups_need} rows")
-        return
+        return {}
     if len(labels) != n:
         raise InputError(f"labels has {len(labels)} entries for {n} embeddings")
     for i, label in enumerate(labels):
         if label is None or str(label).strip() == "":
             raise InputError(f"empty label at row {i}")
     values, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
-    for label, count in zip(values, counts):
-        if count < groups_need:
-            raise InputError(f"label {str(label)!r} has {count} rows; selection.k={cfg.k} needs at least {groups_need}")
+    too_small = {str(label): int(count) for label, count in zip(values, counts) if count < groups_need}
+    if len(too_small) == len(values):
+        label, count = next(iter(too_small.items()))
+        raise InputError(f"no label can form one group: label {label!r} has {count} rows; selection.k={cfg.k} needs "
+                         f"at least {groups_need} (and so does every other label)")
+    for label, count in too_small.items():
+        log.warning("selection: label %r has %d rows, fewer than selection.k+1 = %d: skipped", label, count,
+                    groups_need)
+    return too_small
 
 
 def _fingerprint(unit_embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
@@ -90,45 +112,141 @@ def _fingerprint(unit_embeddings: np.ndarray, labels: list[str] | None, row_ids:
     return digest.hexdigest()
 
 
+def stop_variance(cfg: SelectionConfig) -> float:
+    """The variance below which a label stops: floor + threshold·(1 − floor).
+
+    floor = σ_n²/(k+1+σ_n²) is the variance left at a point that coincides with one observed group of k+1 rows, the
+    noise floor a group can bring its region to. An absolute threshold under it never fires (with σ_n² = 1 a
+    0.05 threshold sits below 1/11), so `threshold` is the share of the prior variance above that floor still unseen.
+    """
+    floor = cfg.noise / (cfg.k + 1 + cfg.noise)
+    return floor + cfg.threshold * (1.0 - floor)
+
+
+def density_weights(unit: np.ndarray, rows: np.ndarray, kernel: str, tau: float, seed: int) -> np.ndarray:
+    """Local density of each of `rows` among them, scaled to a largest value of 1: the mean kernel value κ_d to a
+    seeded sample of DENSITY_SAMPLE of the rows, κ_d the GP's kernel at DENSITY_BANDWIDTH × τ, raised to DENSITY_POWER.
+
+    Cost len(rows) × DENSITY_SAMPLE × d per label: a shard can compute it from the sample alone.
+    """
+    rng = np.random.default_rng(seed)
+    sample = unit[np.sort(rng.choice(rows, size=min(DENSITY_SAMPLE, rows.shape[0]), replace=False))]
+    sample_sq = np.einsum("ij,ij->i", sample, sample)
+    density = np.empty(rows.shape[0])
+    # float32 distances: a density estimate needs no better, and this is the one N-sized product of the rule
+    for start in range(0, rows.shape[0], VARIANCE_CHUNK):
+        block = unit[rows[start:start + VARIANCE_CHUNK]]
+        sq = np.einsum("ij,ij->i", block, block)[:, None] + sample_sq[None, :] - 2.0 * (block @ sample.T)
+        np.maximum(sq, 0.0, out=sq)
+        density[start:start + block.shape[0]] = kernel_from_sq_dist(sq, kernel, DENSITY_BANDWIDTH * tau,
+                                                                    overwrite=True).mean(axis=1)
+    density /= density.max()
+    return density ** DENSITY_POWER
+
+
+def state_bytes_needed(unit_rows: list[int], unit_selected: list[int], engine: str, partition_rows: int) -> int:
+    """Bytes of float32 V for these scope units (rows, planned selected rows each): exact n·|S| per unit; partitioned
+    Σ_p n_p·|S_p| ≤ min(n, partition_rows)·|S| (each partition holds ≤ partition_rows rows, Σ_p |S_p| = |S|)."""
+    if engine == "exact":
+        return 4 * sum(n * m for n, m in zip(unit_rows, unit_selected))
+    return 4 * sum(min(n, partition_rows) * m for n, m in zip(unit_rows, unit_selected))
+
+
+def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: list[int]) -> str:
+    """exact or partitioned, as `selection.engine` says or (auto) exact when its state fits `max_state_gib`; a
+    ConfigError with the arithmetic when the chosen engine's state does not fit, before anything is allocated."""
+    budget = int(cfg.max_state_gib * 2**30)
+    exact = state_bytes_needed(unit_rows, unit_selected, "exact", cfg.partition_rows)
+    engine = cfg.engine if cfg.engine != "auto" else ("exact" if exact <= budget else "partitioned")
+    needed = state_bytes_needed(unit_rows, unit_selected, engine, cfg.partition_rows)
+    if needed > budget:
+        scope = f"{len(unit_rows)} GP scope unit(s), {sum(unit_rows):,} rows, {sum(unit_selected):,} rows selected"
+        formula = ("4 B × Σ n·|S|" if engine == "exact"
+                   else f"4 B × Σ min(n, partition_rows={cfg.partition_rows})·|S|")
+        raise ConfigError(f"selection.engine={engine} needs {needed:,} B = {needed / 2**30:.2f} GiB of GP state "
+                          f"({formula}; {scope}) but selection.max_state_gib is {cfg.max_state_gib:g} GiB = "
+                          f"{budget:,} B: raise it, lower "
+                          f"selection.max_groups or selection.partition_rows, or use engine partitioned")
+    return engine
+
+
 class SelectionTracker:
     """Issues demonstration groups in the order the GP uncertainty dictates; identical for identical inputs.
 
     Each step takes the label whose turn it is (the active label with the smallest issued/quota ratio, ties in
-    sorted label order), its not-yet-issued row of largest posterior variance (exact ties broken by a seeded
-    permutation) and that row's k most cosine-similar not-yet-issued rows of the same label. Groups are disjoint:
-    no row is observed twice, and an issued row is never an anchor again. A label stops when its quota is spent
-    or its largest variance falls below `threshold`.
+    sorted label order), its not-yet-issued row of largest posterior variance (`rule: density_weighted`: largest
+    variance × local density; ties within TIE_TOLERANCE broken by a seeded permutation) and that row's k most
+    cosine-similar not-yet-issued rows of the same label. Groups are disjoint: no row is observed twice, and an issued
+    row is never an anchor again. A label stops when its quota is spent or its largest variance falls below
+    `stop_variance(cfg)`. Labels with fewer than k+1 rows are skipped (logged, and listed in `progress()`).
+
+    GP state: `gp_scope: per_label` keeps one GP per label (a group lowers only its own label's variances, the rows
+    its prompts saw); `shared` one over all rows. `engine: exact` holds each scope unit in one IncrementalGP;
+    `partitioned` cuts units of more than `partition_rows` rows into partitions (bisect_partitions), each an exact GP
+    over its own rows, and draws neighbours from the anchor's partition. The kernel's effect across partitions is
+    dropped: a group lowers variances in its own partition only. The partitions live in `num_shards` shards built by
+    `make_shard` (PartitionShard by default, in this process; a caller may pass a factory that builds Ray actors);
+    this class is the coordinator: it caches every partition's best candidates and, per group, calls only the shard
+    holding the anchor's partition.
     """
 
     def __init__(self, embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
-                 cfg: SelectionConfig, checkpoint: dict | None = None):
-        _validate(embeddings, labels, row_ids, cfg)
+                 cfg: SelectionConfig, checkpoint: dict | None = None, num_shards: int = 1,
+                 make_shard: Callable[..., Any] = PartitionShard):
+        self.skipped_labels = _validate(embeddings, labels, row_ids, cfg)
         self.cfg = cfg
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-        self._unit = np.ascontiguousarray(embeddings / norms, dtype=np.float32)
+        unit = np.ascontiguousarray(embeddings / norms, dtype=np.float32)
         self._labels = None if labels is None else [str(l) for l in labels]
         self._row_ids = np.asarray(row_ids)
-        self._fingerprint = _fingerprint(self._unit, self._labels, self._row_ids, cfg)
+        self._fingerprint = _fingerprint(unit, self._labels, self._row_ids, cfg)
         if checkpoint is not None:
             self._check_checkpoint(checkpoint)
-        self.tau = auto_tau(self._unit, cfg.seed) if cfg.tau == "auto" else float(cfg.tau)
-        n = self._unit.shape[0]
+        self.tau = auto_tau(unit, cfg.seed) if cfg.tau == "auto" else float(cfg.tau)
+        self.stop_variance = stop_variance(cfg)
+        n = unit.shape[0]
         self._rank = np.random.default_rng(cfg.seed).permutation(n)
-        self._available = np.ones(n, dtype=bool)
-        if self._labels is None:
-            self._label_rows = {None: np.arange(n)}
-        else:
-            label_arr = np.asarray(self._labels)
-            self._label_rows = {l: np.flatnonzero(label_arr == l) for l in sorted(set(self._labels))}
-        # Each label's unit embeddings, contiguous, so a group's kNN is one matvec without gathering rows each step.
-        self._label_unit = {l: self._unit if len(rows) == n else self._unit[rows]
-                            for l, rows in self._label_rows.items()}
-        counts = {l: len(rows) for l, rows in self._label_rows.items()}
-        self._quota = plan_quotas(counts, cfg.max_groups, cfg.budget, cfg.k)
-        planned_rows = sum(self._quota.values()) * (cfg.k + 1)
-        self._gp = IncrementalGP(self._unit, cfg.kernel, self.tau, cfg.noise, capacity=planned_rows)
-        self._issued_per_label = {l: 0 for l in self._label_rows}
-        self._active = [l for l in self._label_rows if self._quota[l] > 0]
+        # Internally an unlabelled input is one label "" (schedule rows say None).
+        label_arr = np.full(n, "", dtype=object) if self._labels is None else np.asarray(self._labels, dtype=object)
+        label_rows = {l: np.flatnonzero(label_arr == l) for l in sorted(set(label_arr)) if l not in self.skipped_labels}
+        self._quota = plan_quotas({l: len(r) for l, r in label_rows.items()}, cfg.max_groups, cfg.budget, cfg.k)
+        units = ([[l] for l in label_rows] if cfg.gp_scope == "per_label" else [list(label_rows)])
+        unit_rows = [np.sort(np.concatenate([label_rows[l] for l in u])) for u in units]
+        unit_selected = [sum(self._quota[l] for l in u) * (cfg.k + 1) for u in units]
+        self.engine = resolve_engine(cfg, [len(r) for r in unit_rows], unit_selected)
+        weights = None
+        if cfg.rule == "density_weighted":
+            weights = np.zeros(n)
+            for l, rows in label_rows.items():
+                weights[rows] = density_weights(unit, rows, cfg.kernel, self.tau, cfg.seed)
+        partitions = []
+        for rows, selected in zip(unit_rows, unit_selected):
+            parts = ([rows] if self.engine == "exact"
+                     else bisect_partitions(unit, rows, cfg.partition_rows, cfg.seed))
+            for part in parts:
+                # An exact unit's V holds its planned rows; a partition's starts at its share with some slack and
+                # grows if its region draws more groups.
+                capacity = (selected if len(parts) == 1
+                            else min(part.shape[0], math.ceil(PARTITION_CAPACITY_SLACK * selected * part.shape[0]
+                                                              / len(rows))))
+                partitions.append({"rows": part, "points": unit[part], "labels": label_arr[part].astype(str),
+                                   "weights": None if weights is None else weights[part], "capacity": capacity,
+                                   "sync_rows": SYNC_ROWS if len(parts) == 1 else PARTITION_SYNC_ROWS})
+        del unit
+        self.n_partitions = len(partitions)
+        by_shard = [{pid: p for pid, p in enumerate(partitions) if pid % num_shards == s} for s in range(num_shards)]
+        self._shards = [make_shard(partitions=parts, k=cfg.k, kernel=cfg.kernel, tau=self.tau, noise=cfg.noise)
+                        for parts in by_shard]
+        # label → pid → (best score, tied global rows, largest variance): every partition's candidates, refreshed
+        # only for the partition that just received a group.
+        self._tops: dict[str, dict[int, tuple[float, np.ndarray, float]]] = {l: {} for l in label_rows}
+        self._part_labels = {pid: set(p["labels"]) for pid, p in enumerate(partitions)}
+        for shard in self._shards:
+            for pid, tops in shard.tops().items():
+                for l, entry in tops.items():
+                    self._tops[l][pid] = entry
+        self._issued_per_label = {l: 0 for l in label_rows}
+        self._active = [l for l in label_rows if self._quota[l] > 0]
         self._issued: list[np.ndarray] = []
         self._variances: list[float] = []
         if checkpoint is not None:
@@ -147,16 +265,18 @@ class SelectionTracker:
             if record is None or list(self._issued[-1]) != list(expected):
                 raise InputError(f"selection checkpoint diverges from these inputs at group {i}")
 
-    def _label_top(self, label) -> tuple[float, np.ndarray] | None:
-        """(largest variance, the rows that have it) among the label's not-yet-issued rows, or None once its quota
-        is spent or that variance is below threshold."""
-        if self._issued_per_label[label] >= self._quota[label]:
+    def _label_top(self, label) -> tuple[np.ndarray, np.ndarray] | None:
+        """(candidate anchors tied at the label's best score, the partition of each), or None once its quota is
+        spent, no partition can form a group, or its largest variance is below the stop level."""
+        entries = self._tops[label]
+        if self._issued_per_label[label] >= self._quota[label] or not entries:
             return None
-        rows = self._label_rows[label]
-        best, tops = self._gp.top_variance(rows[self._available[rows]])
-        if best < self.cfg.threshold:
+        if max(e[2] for e in entries.values()) < self.stop_variance:
             return None
-        return best, tops
+        best = max(e[0] for e in entries.values())
+        tied = [(pid, e[1]) for pid, e in entries.items() if e[0] >= best - TIE_TOLERANCE]
+        return (np.concatenate([rows for _, rows in tied]),
+                np.concatenate([np.full(rows.shape[0], pid) for pid, rows in tied]))
 
     def _next_label(self):
         while self._active:
@@ -172,34 +292,25 @@ class SelectionTracker:
         turn = self._next_label()
         if turn is None:
             return None
-        label, (variance_at_selection, tops) = turn
-        anchor = int(tops[np.argmin(self._rank[tops])])
-        neighbours = self._neighbours(label, anchor)
-        group = np.concatenate([[anchor], neighbours]).astype(np.int64)
-        self._gp.add(group)
-        self._available[group] = False
+        label, (tied, pids) = turn
+        pick = int(np.argmin(self._rank[tied]))
+        pid = int(pids[pick])
+        group, variance, tops = self._shards[pid % len(self._shards)].add(pid, int(tied[pick]))
+        for l in self._part_labels[pid]:
+            if l in tops:
+                self._tops[l][pid] = tops[l]
+            else:
+                self._tops[l].pop(pid, None)
         self._issued_per_label[label] += 1
-        self._issued.append(group)
-        self._variances.append(variance_at_selection)
+        self._issued.append(np.asarray(group, dtype=np.int64))
+        self._variances.append(variance)
         return self._record(len(self._issued) - 1, label)
-
-    def _neighbours(self, label, anchor: int) -> np.ndarray:
-        """The k not-yet-issued rows of `label` most cosine-similar to `anchor`, ties in row order."""
-        rows = self._label_rows[label]
-        similarity = self._label_unit[label] @ self._unit[anchor]
-        similarity[~self._available[rows]] = -np.inf
-        similarity[np.searchsorted(rows, anchor)] = -np.inf
-        # Stable order of the top k without sorting the whole label: everything ≥ the k-th largest value, sorted.
-        # The quota clamp leaves ≥ k + 1 available rows per label, so the k chosen are all finite.
-        k = self.cfg.k
-        top = np.flatnonzero(similarity >= np.partition(similarity, -k)[-k])
-        return rows[top[np.argsort(-similarity[top], kind="stable")[:k]]]
 
     def _record(self, group_id: int, label) -> dict:
         group = self._issued[group_id]
         return {
             "group_id": group_id,
-            "label": label,
+            "label": None if self._labels is None else label,
             "anchor_row_id": self._row_ids[group[0]].item(),
             "demo_row_ids": [x.item() for x in self._row_ids[group]],
             "variance_at_selection": self._variances[group_id],
@@ -219,14 +330,19 @@ class SelectionTracker:
         return out
 
     def progress(self) -> dict:
-        """Groups issued and planned, and the largest variance among rows not yet issued."""
-        remaining = self._gp.variance[self._available]
+        """Groups issued and planned; the largest variance among rows that can still anchor a group (any label),
+        the stop level, the engine and its partitions, and the labels skipped as too small (label → rows)."""
+        largest = [e[2] for entries in self._tops.values() for e in entries.values()]
         return {
             "groups_issued": len(self._issued),
             "groups_planned": sum(self._quota.values()),
-            "max_variance": float(remaining.max()) if remaining.size else 0.0,
+            "max_variance": float(max(largest)) if largest else 0.0,
+            "stop_variance": self.stop_variance,
             "done": all(self._label_top(l) is None for l in self._active),
             "tau": self.tau,
+            "engine": self.engine,
+            "partitions": self.n_partitions,
+            "labels_skipped": dict(self.skipped_labels),
         }
 
     def checkpoint(self) -> dict:

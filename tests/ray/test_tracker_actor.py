@@ -35,3 +35,36 @@ def test_actor_schedule_equals_plain_class_and_resumes(ray_local, real_embedding
     ray_local.kill(first)
     resumed = TrackerActor.remote(emb, labels, ids, cfg, checkpoint=checkpoint)
     same_schedule(head + ray_local.get(resumed.next_groups.remote(100)), groups)
+
+
+class ActorShard:
+    """A PartitionShard in a Ray actor, answering the tracker's calls synchronously (the caller's own wrapper)."""
+
+    def __init__(self, ray, **kwargs):
+        from synalign_ray.selection.partitions import PartitionShard
+
+        self._ray = ray
+        self._actor = ray.remote(PartitionShard).remote(**kwargs)
+
+    def tops(self):
+        return self._ray.get(self._actor.tops.remote())
+
+    def add(self, pid, anchor):
+        return self._ray.get(self._actor.add.remote(pid, anchor))
+
+    def state_bytes(self):
+        return self._ray.get(self._actor.state_bytes.remote())
+
+
+def test_partitions_on_two_shard_actors_give_the_in_process_schedule(ray_local, real_embeddings, same_schedule):
+    rows, emb = real_embeddings("agnews_dev.parquet", N_ROWS, 0)
+    labels = rows.column("label").to_pylist()
+    ids = np.arange(N_ROWS, dtype=np.int64)
+    cfg = SelectionConfig(k=9, max_groups=30, budget="average", engine="partitioned", partition_rows=60,
+                          rule="density_weighted")
+    plain = SelectionTracker(emb, labels, ids, cfg)
+    spread = SelectionTracker(emb, labels, ids, cfg, num_shards=2,
+                              make_shard=lambda **kwargs: ActorShard(ray_local, **kwargs))
+    assert plain.n_partitions == spread.n_partitions >= 8
+    assert all(s.state_bytes() > 0 for s in spread._shards), "both actors hold partitions"
+    same_schedule(spread.next_groups(100), plain.next_groups(100))

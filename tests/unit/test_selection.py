@@ -151,12 +151,32 @@ def test_max_groups_beyond_possible_is_clamped(agnews):
 
 def test_threshold_stops_selection(sst2):
     emb, _, ids = sst2
-    threshold = 0.8
-    tracker = SelectionTracker(emb, None, ids, cfg(max_groups=500, threshold=threshold))
+    tracker = SelectionTracker(emb, None, ids, cfg(max_groups=500, threshold=0.8))
+    # relative to the floor σ²/(k+1+σ²) = 1/11 a single group of 10 leaves at a point it covers
+    assert tracker.stop_variance == pytest.approx(1 / 11 + 0.8 * 10 / 11)
     groups = tracker.next_groups(500)
     progress = tracker.progress()
-    assert progress["done"] and progress["max_variance"] < threshold
-    assert 0 < len(groups) < 500 and min(g["variance_at_selection"] for g in groups) >= threshold
+    assert progress["done"] and progress["max_variance"] < tracker.stop_variance
+    assert 0 < len(groups) < 500 and min(g["variance_at_selection"] for g in groups) >= tracker.stop_variance
+
+
+def test_label_too_small_for_a_group_is_skipped_and_counted(sst2, caplog):
+    emb, labels, ids = sst2
+    rare = ["rare"] * 3 + labels[3:]
+    with caplog.at_level("WARNING", logger="synalign_ray.selection.tracker"):
+        tracker = SelectionTracker(emb, rare, ids, cfg(budget="average"))
+    assert "label 'rare' has 3 rows" in caplog.text
+    assert tracker.progress()["labels_skipped"] == {"rare": 3}
+    groups = tracker.next_groups(100)
+    # the other labels share the whole budget, and the rare rows are never issued
+    assert len(groups) == 12 and {g["label"] for g in groups} == {"positive", "negative"}
+    assert not set(ids[:3]) & {d for g in groups for d in g["demo_row_ids"]}
+
+
+def test_noise_below_the_float32_floor_is_refused():
+    with pytest.raises(ConfigError, match="selection.noise.*greater than or equal to 0.0001"):
+        build_config({}, ["selection.noise=1e-6"])
+    assert build_config({}, ["selection.noise=1e-4"]).selection.noise == 1e-4
 
 
 def test_tau_auto_is_factor_times_median_distance(sst2):
@@ -193,8 +213,8 @@ def test_bad_inputs_are_input_errors(sst2):
         build_schedule(cfg(), nan, labels, ids)
     with pytest.raises(InputError, match="empty label at row 5"):
         build_schedule(cfg(), emb, labels[:5] + [""] + labels[6:], ids)
-    with pytest.raises(InputError, match="label 'rare' has 3 rows; selection.k=9 needs at least 10"):
-        build_schedule(cfg(), emb, ["rare"] * 3 + labels[3:], ids)
+    with pytest.raises(InputError, match="no label can form one group: label .* needs at least 10"):
+        build_schedule(cfg(), emb[:12], labels[:12], ids[:12])
     with pytest.raises(InputError, match="not unique"):
         build_schedule(cfg(), emb, labels, np.zeros(N_ROWS, dtype=np.int64))
     with pytest.raises(InputError, match="labels has"):

@@ -1,0 +1,217 @@
+"""Benchmark: selection engines and rules at scale, each figure against a baseline measured in the same run.
+
+--coverage: on SST-2 train (60k rows) and AG News dev (10k), 200 groups of 10 per schedule: the exact engine vs the
+partitioned one, max-variance vs density-weighted rule, against uniformly random anchors (3 seeds, same per-label
+quotas, disjoint groups of each anchor's k most cosine-similar same-label rows): hull coverage on one t-SNE map per
+dataset (a seeded 4,000-row sample plus every schedule's anchors) and k-NN-radius coverage at k = 1…20 and at fixed
+distances, over a seeded 8,000-row evaluation sample (radii against all rows); plus where `threshold` stops.
+--scope: own-label coverage with one GP per label vs one shared GP, on AG News dev with two labels drawn by coin flip
+(independent of topic: the case the issue's check built).
+--scale ROWS,GROUPS: the partitioned engine on SST-2 train + AG News dev embeddings tiled to ROWS rows, copy t > 0
+displaced by seeded Gaussian jitter of JITTER per coordinate·√d (norm ≈ JITTER) and renormalised, labels kept
+(6 labels); wall time, per-group cost, GP state bytes and peak RSS of the process. Run it alone: peak RSS counts all.
+
+Run: python jobs/benchmark_selection_scale.py --coverage --scope --scale 250000,5000; prints tables, asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+from bench_common import CACHE, PeakRSS, cached_embeddings, cached_npy
+
+from synalign_ray.config import SelectionConfig
+from synalign_ray.metrics import convex_hull_coverage, coverage_profile, knn_radii_of, tsne_map
+from synalign_ray.selection.schedule import build_schedule
+from synalign_ray.selection.tracker import SelectionTracker
+
+KS = [1, 2, 5, 10, 20]
+DISTANCES = [0.6, 0.8, 1.0]
+EVAL_ROWS = 8000
+MAP_ROWS = 4000
+RANDOM_SEEDS = 3
+JITTER = 0.05
+
+
+def random_groups(emb: np.ndarray, labels: np.ndarray, quota: dict, k: int, seed: int) -> list[np.ndarray]:
+    """Disjoint groups: per label, `quota` uniform random available anchors, each with its k most cosine-similar
+    available rows of the label."""
+    rng = np.random.default_rng(seed)
+    groups = []
+    for label, q in sorted(quota.items()):
+        rows = np.flatnonzero(labels == label)
+        points, available = emb[rows], np.ones(rows.shape[0], dtype=bool)
+        for _ in range(q):
+            anchor = rng.choice(np.flatnonzero(available))
+            similarity = points @ points[anchor]
+            similarity[~available] = -np.inf
+            similarity[anchor] = np.inf
+            group = np.argsort(-similarity, kind="stable")[:k + 1]
+            available[group] = False
+            groups.append(rows[group])
+    return groups
+
+
+def schedule_groups(cfg: SelectionConfig, emb, labels) -> tuple[list[np.ndarray], float, dict]:
+    start = time.perf_counter()
+    tracker = SelectionTracker(emb, labels.tolist(), np.arange(emb.shape[0]), cfg)
+    records = tracker.next_groups(cfg.max_groups)
+    seconds = time.perf_counter() - start
+    progress = tracker.progress()
+    progress["state_mib"] = sum(s.state_bytes() for s in tracker._shards) / 2**20
+    return [np.asarray(r["demo_row_ids"]) for r in records], seconds, progress
+
+
+def coverage(name: str, groups_total: int, partition_rows: int) -> None:
+    table, emb = cached_embeddings(name)
+    labels = np.asarray(table.column("label").to_pylist())
+    n = emb.shape[0]
+    eval_rows = np.sort(np.random.default_rng(0).choice(n, size=min(EVAL_ROWS, n), replace=False))
+    t = time.perf_counter()
+    radii = cached_npy(CACHE / f"knn_radii_{name}_{EVAL_ROWS}.npy", lambda: knn_radii_of(emb, eval_rows, KS))
+    prep = time.perf_counter() - t
+
+    runs: dict[str, tuple[list[np.ndarray], float, dict | None]] = {}
+    for rule in ("max_variance", "density_weighted"):
+        for engine in ("exact", "partitioned"):
+            cfg = SelectionConfig(max_groups=groups_total, rule=rule, engine=engine, partition_rows=partition_rows,
+                                  threshold=1e-6)
+            runs[f"{rule}, {engine}"] = schedule_groups(cfg, emb, labels)
+    quota = dict(zip(*np.unique(labels[[g[0] for g in runs["max_variance, exact"][0]]], return_counts=True)))
+    for seed in range(RANDOM_SEEDS):
+        runs[f"random anchors, seed {seed}"] = (random_groups(emb, labels, quota, 9, seed), 0.0, None)
+
+    anchors = np.unique(np.concatenate([[g[0] for g in groups] for groups, _, _ in runs.values()]))
+    sample = np.union1d(np.random.default_rng(0).choice(n, size=min(MAP_ROWS, n), replace=False), anchors)
+    t = time.perf_counter()
+    points = tsne_map(emb[sample], seed=0)
+    map_seconds = time.perf_counter() - t
+
+    print(f"\n## {name}: {n} rows, {groups_total} groups of 10 per schedule, partition_rows {partition_rows}; "
+          f"k-NN radii of {len(eval_rows)} evaluation rows {prep:.0f} s, t-SNE map of {len(sample)} rows "
+          f"{map_seconds:.0f} s")
+    header = " | ".join([f"kNN k={k}" for k in KS] + [f"d≤{d}" for d in DISTANCES])
+    print(f"\n| schedule | select s | partitions | GP state MiB | hull | {header} |")
+    print("| --- " * (5 + len(KS) + len(DISTANCES)) + "|")
+    scores = {}
+    for label, (groups, seconds, progress) in runs.items():
+        hull = convex_hull_coverage(points, np.searchsorted(sample, [g[0] for g in groups]), 9)[-1]
+        knn, fixed = coverage_profile(emb, emb[np.concatenate(groups)], eval_rows, radii, DISTANCES)
+        scores[label] = np.concatenate([[hull], knn, fixed])
+        extra = ("- | - | -" if progress is None
+                 else f"{seconds:.2f} | {progress['partitions']} | {progress['state_mib']:.0f}")
+        print(f"| {label} | {extra} | " + " | ".join(f"{v:.4f}" for v in scores[label]) + " |")
+    random_mean = np.mean([v for l, v in scores.items() if l.startswith("random")], axis=0)
+    random_max = np.max([v for l, v in scores.items() if l.startswith("random")], axis=0)
+    print("| random anchors, mean | - | - | - | " + " | ".join(f"{v:.4f}" for v in random_mean) + " |")
+    print("\n| comparison | hull | " + header + " |")
+    print("| --- " * (2 + len(KS) + len(DISTANCES)) + "|")
+    for rule in ("max_variance", "density_weighted"):
+        ratio = scores[f"{rule}, partitioned"] / scores[f"{rule}, exact"]
+        print(f"| {rule}: partitioned / exact | " + " | ".join(f"{v:.3f}" for v in ratio) + " |")
+    for label in ("max_variance, exact", "density_weighted, exact", "density_weighted, partitioned"):
+        ratio = scores[label] / random_mean
+        wins = int((scores[label][1:] >= random_mean[1:]).sum())
+        print(f"| {label} / random mean ({wins} of {len(ratio) - 1} k-NN scales ≥ the mean, "
+              f"{int((scores[label][1:] >= random_max[1:]).sum())} ≥ the best seed) | "
+              + " | ".join(f"{v:.3f}" for v in ratio) + " |")
+
+    # where the stopping threshold fires: the partitioned engine run to exhaustion (max_groups = every group possible)
+    for threshold in (0.2, 0.1, 0.05):
+        cfg = SelectionConfig(max_groups=n, threshold=threshold, engine="partitioned", partition_rows=partition_rows)
+        groups, seconds, progress = schedule_groups(cfg, emb, labels)
+        print(f"\nthreshold {threshold}: stop level {progress['stop_variance']:.4f}; stopped after {len(groups)} groups "
+              f"({len(groups) * 10 / n:.1%} of rows; most possible {n // 10}) in {seconds:.1f} s; largest variance "
+              f"left {progress['max_variance']:.4f}")
+
+
+def own_label_coverage(groups_per_label: int) -> None:
+    table, emb = cached_embeddings("agnews_dev")
+    coin = np.where(np.random.default_rng(10).random(emb.shape[0]) < 0.5, "a", "b")
+    own = {label: np.flatnonzero(coin == label) for label in "ab"}
+    radii = {label: knn_radii_of(emb[rows], np.arange(rows.shape[0]), KS) for label, rows in own.items()}
+    header = " | ".join([f"kNN k={k}" for k in KS] + [f"d≤{d}" for d in DISTANCES])
+    print(f"\n## own-label coverage: AG News dev, labels a/b by coin flip, {groups_per_label} groups of 10 per label\n")
+    print(f"| rule | GP scope | label | {header} |")
+    print("| --- " * (3 + len(KS) + len(DISTANCES)) + "|")
+    for rule in ("max_variance", "density_weighted"):
+        for scope in ("per_label", "shared"):
+            cfg = SelectionConfig(max_groups=2 * groups_per_label, gp_scope=scope, rule=rule, budget="average",
+                                  threshold=1e-6)
+            schedule = build_schedule(cfg, emb, coin.tolist(), np.arange(emb.shape[0])).to_pylist()
+            for label, rows in own.items():
+                chosen = np.searchsorted(rows, [d for r in schedule if r["label"] == label for d in r["demo_row_ids"]])
+                knn, fixed = coverage_profile(emb[rows], emb[rows][chosen], np.arange(rows.shape[0]), radii[label],
+                                              DISTANCES)
+                print(f"| {rule} | {scope} | {label} | " + " | ".join(f"{v:.4f}" for v in [*knn, *fixed]) + " |")
+
+
+def tiled_embeddings(rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """SST-2 train + AG News dev embeddings tiled to `rows` rows; copy t > 0 jittered (seed t) and renormalised."""
+    parts = [cached_embeddings(name) for name in ("sst2_train", "agnews_dev")]
+    base = np.concatenate([emb for _, emb in parts])
+    base_labels = np.concatenate([np.asarray(t.column("label").to_pylist()) for t, _ in parts])
+    out = np.empty((rows, base.shape[1]), dtype=np.float32)
+    for t, start in enumerate(range(0, rows, base.shape[0])):
+        block = out[start:start + base.shape[0]]
+        block[:] = base[:block.shape[0]]
+        if t:
+            block += np.random.default_rng(t).standard_normal(block.shape, dtype=np.float32) * np.float32(
+                JITTER / np.sqrt(base.shape[1]))
+            block /= np.linalg.norm(block, axis=1, keepdims=True)
+    return out, np.resize(base_labels, rows)
+
+
+def scale(rows: int, groups: int, partition_rows: int, rule: str) -> None:
+    emb, labels = tiled_embeddings(rows)
+    cfg = SelectionConfig(max_groups=groups, threshold=1e-6, engine="partitioned", partition_rows=partition_rows,
+                          rule=rule)
+    with PeakRSS() as peak:
+        start = time.perf_counter()
+        tracker = SelectionTracker(emb, labels.tolist(), np.arange(rows), cfg)
+        setup = time.perf_counter() - start
+        issued = 0
+        while batch := tracker.next_groups(256):
+            issued += len(batch)
+        total = time.perf_counter() - start
+        state = sum(s.state_bytes() for s in tracker._shards)
+        progress = tracker.progress()
+    selected = issued * (cfg.k + 1)
+    print(f"\n## scale: {rows:,} rows (SST-2 train + AG News dev tiled, jitter {JITTER}), {issued:,} groups "
+          f"(|S| = {selected:,}), rule {rule}, partition_rows {partition_rows}, {progress['partitions']} partitions\n")
+    print("| measure | value |\n| --- | --- |")
+    print(f"| setup (validation, τ, partitions, GPs) s | {setup:.1f} |")
+    print(f"| selection s | {total - setup:.1f} |")
+    print(f"| per group ms | {1e3 * (total - setup) / issued:.2f} |")
+    print(f"| total s | {total:.1f} |")
+    print(f"| GP state allocated MiB | {state / 2**20:.0f} |")
+    print(f"| state bound partition_rows·|S|·4 B MiB | {partition_rows * selected * 4 / 2**20:.0f} |")
+    print(f"| exact engine would need (Σ_label n·|S_label|·4 B, |S_label| ∝ n) GiB | "
+          f"{sum((labels == l).sum() ** 2 * selected / rows * 4 for l in set(labels)) / 2**30:.1f} |")
+    print(f"| peak RSS of the process GiB | {peak.peak / 2**30:.2f} |")
+    print(f"| embeddings alone (N·d·4 B) GiB | {emb.nbytes / 2**30:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--coverage", action="store_true")
+    parser.add_argument("--scope", action="store_true")
+    parser.add_argument("--scale", help="ROWS,GROUPS")
+    parser.add_argument("--groups", type=int, default=200)
+    parser.add_argument("--partition-rows", type=int, default=2000)
+    parser.add_argument("--rule", default="density_weighted", help="rule of the --scale run")
+    args = parser.parse_args()
+    if args.coverage:
+        coverage("sst2_train", args.groups, args.partition_rows)
+        coverage("agnews_dev", args.groups, args.partition_rows)
+    if args.scope:
+        own_label_coverage(100)
+    if args.scale:
+        rows, groups = (int(x) for x in args.scale.split(","))
+        scale(rows, groups, args.partition_rows, args.rule)
+
+
+if __name__ == "__main__":
+    main()

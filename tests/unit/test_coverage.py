@@ -7,7 +7,8 @@ import pytest
 from scipy.spatial import ConvexHull
 from sklearn.neighbors import NearestNeighbors
 
-from synalign_ray.metrics import convex_hull_coverage, knn_radii, knn_radius_coverage, tsne_map
+from synalign_ray.metrics import (convex_hull_coverage, coverage_profile, knn_radii, knn_radii_of, knn_radius_coverage,
+                                  tsne_map)
 
 # a 10 × 10 integer grid: its hull is [0, 9]², area 81; a 3 × 3 block around an inner point is a k = 8 group
 GRID = np.array([(x, y) for x in range(10) for y in range(10)], dtype=np.float64)
@@ -74,3 +75,28 @@ def test_knn_radius_coverage_equals_brute_force(real_embeddings):
     assert knn_radius_coverage(x, x[selected], 5) == pytest.approx(brute)
     assert knn_radius_coverage(x, x, 5) == 1.0
     assert knn_radius_coverage(x, x[:0], 5) == 0.0
+
+
+def test_knn_radii_of_a_subset_at_several_k_equal_sklearn(real_embeddings):
+    _, emb = real_embeddings("agnews_dev.parquet", 300, 0)
+    rows = np.arange(0, 300, 7)
+    distances, _ = NearestNeighbors(n_neighbors=21).fit(emb.astype(np.float64)).kneighbors(emb[rows].astype(np.float64))
+    # sklearn's first neighbour of a query that is a fitted row is the row itself
+    np.testing.assert_allclose(knn_radii_of(emb, rows, [1, 5, 20]), distances[:, [1, 5, 20]].T, atol=1e-6)
+    np.testing.assert_allclose(knn_radii_of(emb, np.arange(300), [5])[0], knn_radii(emb, 5), atol=1e-12)
+
+
+def test_coverage_profile_equals_brute_force(real_embeddings):
+    _, emb = real_embeddings("agnews_dev.parquet", 300, 0)
+    x = emb.astype(np.float64)
+    rows = np.arange(1, 300, 2)
+    selected = np.random.default_rng(2).choice(300, size=30, replace=False)
+    radii = knn_radii_of(x, rows, [1, 5])
+    knn, fixed = coverage_profile(x, x[selected], rows, radii, [0.5, 1.0])
+    nearest = np.array([min(np.linalg.norm(x[i] - x[j]) for j in selected) for i in rows])
+    np.testing.assert_allclose(knn, [(nearest <= r + 1e-9).mean() for r in radii])
+    np.testing.assert_allclose(fixed, [(nearest <= 0.5).mean(), (nearest <= 1.0).mean()])
+    # over all rows, one k, it is knn_radius_coverage
+    everything = np.arange(300)
+    knn_all, _ = coverage_profile(x, x[selected], everything, knn_radii_of(x, everything, [5]), [])
+    assert knn_all[0] == knn_radius_coverage(x, x[selected], 5)

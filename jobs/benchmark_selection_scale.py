@@ -11,7 +11,10 @@ distances, over a seeded 8,000-row evaluation sample (radii against all rows); p
 displaced by seeded Gaussian jitter of JITTER per coordinate·√d (norm ≈ JITTER) and renormalised, labels kept
 (6 labels); wall time, per-group cost, GP state bytes and peak RSS of the process. Run it alone: peak RSS counts all.
 
-Run: python jobs/benchmark_selection_scale.py --coverage --scope --scale 250000,5000; prints tables, asserts nothing.
+--thresholds: where `threshold` stops on AG News dev and SST-2 train.
+
+Run: python jobs/benchmark_selection_scale.py --coverage --scope --thresholds --scale 250000,5000; prints tables,
+asserts nothing.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from bench_common import CACHE, PeakRSS, cached_embeddings, cached_npy
 from synalign_ray.config import SelectionConfig
 from synalign_ray.metrics import convex_hull_coverage, coverage_profile, knn_radii_of, tsne_map
 from synalign_ray.selection.schedule import build_schedule
-from synalign_ray.selection.tracker import SelectionTracker
+from synalign_ray.selection.tracker import PARTITION_GROWTH, SelectionTracker
 
 KS = [1, 2, 5, 10, 20]
 DISTANCES = [0.6, 0.8, 1.0]
@@ -118,13 +121,22 @@ def coverage(name: str, groups_total: int, partition_rows: int) -> None:
               f"{int((scores[label][1:] >= random_max[1:]).sum())} ≥ the best seed) | "
               + " | ".join(f"{v:.3f}" for v in ratio) + " |")
 
-    # where the stopping threshold fires: the partitioned engine run to exhaustion (max_groups = every group possible)
-    for threshold in (0.2, 0.1, 0.05):
-        cfg = SelectionConfig(max_groups=n, threshold=threshold, engine="partitioned", partition_rows=partition_rows)
+
+
+def thresholds(name: str, engine: str, max_groups: int, partition_rows: int) -> None:
+    """Where `threshold` stops: each label's stop level, and the groups issued when it fired (or the budget ran out)."""
+    table, emb = cached_embeddings(name)
+    labels = np.asarray(table.column("label").to_pylist())
+    n = emb.shape[0]
+    print(f"\n## where threshold stops: {name}, {n} rows, engine {engine}, budget {max_groups} groups (most possible "
+          f"{n // 10})\n")
+    print("| threshold | stop level | groups issued | share of rows | largest variance left | s |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for threshold in (0.3, 0.2, 0.1, 0.05):
+        cfg = SelectionConfig(max_groups=max_groups, threshold=threshold, engine=engine, partition_rows=partition_rows)
         groups, seconds, progress = schedule_groups(cfg, emb, labels)
-        print(f"\nthreshold {threshold}: stop level {progress['stop_variance']:.4f}; stopped after {len(groups)} groups "
-              f"({len(groups) * 10 / n:.1%} of rows; most possible {n // 10}) in {seconds:.1f} s; largest variance "
-              f"left {progress['max_variance']:.4f}")
+        print(f"| {threshold} | {progress['stop_variance']:.3f} | {len(groups)} | {len(groups) * 10 / n:.1%} | {progress['max_variance']:.4f} "
+              f"| {seconds:.1f} |", flush=True)
 
 
 def own_label_coverage(groups_per_label: int) -> None:
@@ -187,7 +199,10 @@ def scale(rows: int, groups: int, partition_rows: int, rule: str) -> None:
     print(f"| per group ms | {1e3 * (total - setup) / issued:.2f} |")
     print(f"| total s | {total:.1f} |")
     print(f"| GP state allocated MiB | {state / 2**20:.0f} |")
-    print(f"| state bound partition_rows·|S|·4 B MiB | {partition_rows * selected * 4 / 2**20:.0f} |")
+    used = sum(p.gp.n_observed * p.gp.points.shape[0] * 4 for shard in tracker._shards for p in shard._parts.values())
+    print(f"| GP state used Σ n_p·|S_p|·4 B MiB | {used / 2**20:.0f} |")
+    print(f"| state bound partition_rows·|S|·4 B MiB (refusal uses {PARTITION_GROWTH}× it) | "
+          f"{partition_rows * selected * 4 / 2**20:.0f} |")
     print(f"| exact engine would need (Σ_label n·|S_label|·4 B, |S_label| ∝ n) GiB | "
           f"{sum((labels == l).sum() ** 2 * selected / rows * 4 for l in set(labels)) / 2**30:.1f} |")
     print(f"| peak RSS of the process GiB | {peak.peak / 2**30:.2f} |")
@@ -198,6 +213,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--coverage", action="store_true")
     parser.add_argument("--scope", action="store_true")
+    parser.add_argument("--thresholds", action="store_true")
     parser.add_argument("--scale", help="ROWS,GROUPS")
     parser.add_argument("--groups", type=int, default=200)
     parser.add_argument("--partition-rows", type=int, default=2000)
@@ -206,6 +222,9 @@ def main() -> None:
     if args.coverage:
         coverage("sst2_train", args.groups, args.partition_rows)
         coverage("agnews_dev", args.groups, args.partition_rows)
+    if args.thresholds:
+        thresholds("agnews_dev", "exact", 1000, args.partition_rows)
+        thresholds("sst2_train", "partitioned", 6061, args.partition_rows)
     if args.scope:
         own_label_coverage(100)
     if args.scale:

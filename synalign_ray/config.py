@@ -64,8 +64,8 @@ class SelectionConfig(_Strict):
     # Below 1e-4 the float32 state's absolute error (≈ 2.5e-6, measured) nears the smallest variances: at 1e-6 they
     # came out negative.
     noise: float = Field(default=1.0, ge=1e-4, description="observation noise σ_n²; at least 1e-4 (float32 state)")
-    threshold: float = Field(default=0.05, gt=0.0, le=1.0, description=(
-        "a label stops once its largest variance is below floor + threshold·(1 − floor), floor = σ_n²/(k+1+σ_n²)"))
+    threshold: float = Field(default=0.1, gt=0.0, le=1.0, description=(
+        "a label stops once its largest variance is below floor + threshold·(1 − floor), floor = σ_n²/(1+σ_n²)"))
     max_groups: PositiveInt = 200
     budget: Literal["average", "proportional"] = "proportional"
     gp_scope: Literal["per_label", "shared"] = Field(

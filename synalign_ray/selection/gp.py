@@ -102,7 +102,7 @@ class IncrementalGP:
     """
 
     def __init__(self, points: np.ndarray, kernel: Kernel, tau: float, noise: float, capacity: int = 0,
-                 sync_rows: int = SYNC_ROWS):
+                 sync_rows: int = SYNC_ROWS, growth: float = 2.0):
         if points.ndim != 2 or points.shape[0] == 0:
             raise ValueError(f"points must be a non-empty 2-D array, got shape {points.shape}")
         self.points = np.ascontiguousarray(points, dtype=np.float32)
@@ -110,6 +110,7 @@ class IncrementalGP:
         self.tau = float(tau)
         self.noise = float(noise)
         self.sync_rows = max(int(sync_rows), 1)
+        self.growth = float(growth)
         n = self.points.shape[0]
         self._sq_norms = np.einsum("ij,ij->i", self.points, self.points)
         self._n_observed = 0
@@ -119,7 +120,7 @@ class IncrementalGP:
         self._pending_l21 = np.zeros((0, 0))
         self._pending_inv = np.zeros((0, 0))
         # `capacity` observed rows are allocated up front (no regrowth copies when the caller knows its budget);
-        # beyond it, capacity doubles.
+        # beyond it, capacity grows by the factor `growth`.
         self._observed = np.empty(capacity, dtype=np.int64)
         # Vᵀ, row-major (N, capacity): the sync product is then (N × |S|)·(|S| × width), which OpenBLAS ran
         # several times faster than (width × |S|)·(|S| × N) here (numpy or torch; |S| = 2000, N = 60k).
@@ -160,8 +161,8 @@ class IncrementalGP:
         capacity = self._observed.shape[0]
         if needed <= capacity:
             return
-        # Doubling, but never past one observation per point (all the selection tracker can make) unless asked.
-        new_capacity = max(needed, min(max(2 * capacity, 16), self.points.shape[0]))
+        # Never past one observation per point (all the selection tracker can make) unless asked.
+        new_capacity = max(needed, min(max(int(self.growth * capacity), 16), self.points.shape[0]))
         m = self._n_observed
         observed = np.empty(new_capacity, dtype=np.int64)
         observed[:m] = self._observed[:m]

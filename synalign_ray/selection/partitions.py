@@ -49,9 +49,9 @@ class _Partition:
     """One exact GP over a partition's rows, the rows still available, and each label's rows within it."""
 
     def __init__(self, rows: np.ndarray, points: np.ndarray, labels: np.ndarray, weights: np.ndarray | None,
-                 kernel: Kernel, tau: float, noise: float, capacity: int, sync_rows: int):
+                 kernel: Kernel, tau: float, noise: float, capacity: int, sync_rows: int, growth: float):
         self.rows = rows
-        self.gp = IncrementalGP(points, kernel, tau, noise, capacity=capacity, sync_rows=sync_rows)
+        self.gp = IncrementalGP(points, kernel, tau, noise, capacity=capacity, sync_rows=sync_rows, growth=growth)
         self.available = np.ones(rows.shape[0], dtype=bool)
         self.weights = weights
         self.labels = labels
@@ -75,10 +75,10 @@ class PartitionShard:
 
     def __init__(self, partitions: dict[int, dict[str, Any]], k: int, kernel: Kernel, tau: float, noise: float):
         """`partitions`: pid → {"rows", "points", "labels", "weights" (None for the max-variance rule), "capacity",
-        "sync_rows"} (the last two as IncrementalGP takes them)."""
+        "sync_rows", "growth"} (the last three as IncrementalGP takes them)."""
         self.k = k
         self._parts = {pid: _Partition(p["rows"], p["points"], np.asarray(p["labels"]), p["weights"], kernel, tau,
-                                       noise, p["capacity"], p["sync_rows"])
+                                       noise, p["capacity"], p["sync_rows"], p["growth"])
                        for pid, p in partitions.items()}
 
     def state_bytes(self) -> int:

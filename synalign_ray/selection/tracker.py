@@ -28,8 +28,9 @@ CHECKPOINT_VERSION = 1
 DENSITY_SAMPLE = 1000
 DENSITY_BANDWIDTH = 0.5
 DENSITY_POWER = 1.0
-# A partition's V starts with room for its share of the unit's planned rows times this (it grows if needed).
-PARTITION_CAPACITY_SLACK = 1.25
+# A partition's V starts with room for its share of the unit's planned rows and grows by this factor when its region
+# draws more: allocation stays within this factor of the rows used (state_bytes_needed counts it).
+PARTITION_GROWTH = 1.25
 # Pending rows before a partition writes V for all its rows. A partition is small, so writing often is cheap, and
 # with nothing pending the next anchor is a plain argmax of the bounds (jobs/benchmark_selection_scale.py measured it).
 PARTITION_SYNC_ROWS = 1
@@ -113,13 +114,15 @@ def _fingerprint(unit_embeddings: np.ndarray, labels: list[str] | None, row_ids:
 
 
 def stop_variance(cfg: SelectionConfig) -> float:
-    """The variance below which a label stops: floor + threshold·(1 − floor).
+    """The variance below which a label stops: floor + threshold·(1 − floor), floor = σ_n²/(1+σ_n²).
 
-    floor = σ_n²/(k+1+σ_n²) is the variance left at a point that coincides with one observed group of k+1 rows, the
-    noise floor a group can bring its region to. An absolute threshold under it never fires (with σ_n² = 1 a
-    0.05 threshold sits below 1/11), so `threshold` is the share of the prior variance above that floor still unseen.
+    floor is the variance of a row observed once, the level the largest variance decays to as a label's rows run
+    out (MiniLM embeddings, σ_n² = 1: 0.60 after 200 of AG News dev's 1,000 possible groups, 0.50 after 6,000 of
+    SST-2 train's 6,061). An absolute threshold below it never fires: the old default 0.05 did not. `threshold` is the
+    share of the prior variance above that floor the least-covered row may keep (jobs/benchmark_selection_scale.py
+    --thresholds prints where each value stops).
     """
-    floor = cfg.noise / (cfg.k + 1 + cfg.noise)
+    floor = cfg.noise / (1.0 + cfg.noise)
     return floor + cfg.threshold * (1.0 - floor)
 
 
@@ -146,10 +149,11 @@ def density_weights(unit: np.ndarray, rows: np.ndarray, kernel: str, tau: float,
 
 def state_bytes_needed(unit_rows: list[int], unit_selected: list[int], engine: str, partition_rows: int) -> int:
     """Bytes of float32 V for these scope units (rows, planned selected rows each): exact n·|S| per unit; partitioned
-    Σ_p n_p·|S_p| ≤ min(n, partition_rows)·|S| (each partition holds ≤ partition_rows rows, Σ_p |S_p| = |S|)."""
+    Σ_p n_p·|S_p| ≤ min(n, partition_rows)·|S| (each partition holds ≤ partition_rows rows, Σ_p |S_p| = |S|), times
+    PARTITION_GROWTH for the room a growing partition allocates ahead."""
     if engine == "exact":
         return 4 * sum(n * m for n, m in zip(unit_rows, unit_selected))
-    return 4 * sum(min(n, partition_rows) * m for n, m in zip(unit_rows, unit_selected))
+    return math.ceil(4 * PARTITION_GROWTH * sum(min(n, partition_rows) * m for n, m in zip(unit_rows, unit_selected)))
 
 
 def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: list[int]) -> str:
@@ -162,7 +166,7 @@ def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: li
     if needed > budget:
         scope = f"{len(unit_rows)} GP scope unit(s), {sum(unit_rows):,} rows, {sum(unit_selected):,} rows selected"
         formula = ("4 B × Σ n·|S|" if engine == "exact"
-                   else f"4 B × Σ min(n, partition_rows={cfg.partition_rows})·|S|")
+                   else f"{PARTITION_GROWTH} × 4 B × Σ min(n, partition_rows={cfg.partition_rows})·|S|")
         raise ConfigError(f"selection.engine={engine} needs {needed:,} B = {needed / 2**30:.2f} GiB of GP state "
                           f"({formula}; {scope}) but selection.max_state_gib is {cfg.max_state_gib:g} GiB = "
                           f"{budget:,} B: raise it, lower "
@@ -178,7 +182,7 @@ class SelectionTracker:
     variance × local density; ties within TIE_TOLERANCE broken by a seeded permutation) and that row's k most
     cosine-similar not-yet-issued rows of the same label. Groups are disjoint: no row is observed twice, and an issued
     row is never an anchor again. A label stops when its quota is spent or its largest variance falls below
-    `stop_variance(cfg)`. Labels with fewer than k+1 rows are skipped (logged, and listed in `progress()`).
+    `stop_variance`. Labels with fewer than k+1 rows are skipped (logged, and listed in `progress()`).
 
     GP state: `gp_scope: per_label` keeps one GP per label (a group lowers only its own label's variances, the rows
     its prompts saw); `shared` one over all rows. `engine: exact` holds each scope unit in one IncrementalGP;
@@ -203,13 +207,13 @@ class SelectionTracker:
         if checkpoint is not None:
             self._check_checkpoint(checkpoint)
         self.tau = auto_tau(unit, cfg.seed) if cfg.tau == "auto" else float(cfg.tau)
-        self.stop_variance = stop_variance(cfg)
         n = unit.shape[0]
         self._rank = np.random.default_rng(cfg.seed).permutation(n)
         # Internally an unlabelled input is one label "" (schedule rows say None).
         label_arr = np.full(n, "", dtype=object) if self._labels is None else np.asarray(self._labels, dtype=object)
         label_rows = {l: np.flatnonzero(label_arr == l) for l in sorted(set(label_arr)) if l not in self.skipped_labels}
         self._quota = plan_quotas({l: len(r) for l, r in label_rows.items()}, cfg.max_groups, cfg.budget, cfg.k)
+        self.stop_variance = stop_variance(cfg)
         units = ([[l] for l in label_rows] if cfg.gp_scope == "per_label" else [list(label_rows)])
         unit_rows = [np.sort(np.concatenate([label_rows[l] for l in u])) for u in units]
         unit_selected = [sum(self._quota[l] for l in u) * (cfg.k + 1) for u in units]
@@ -224,14 +228,14 @@ class SelectionTracker:
             parts = ([rows] if self.engine == "exact"
                      else bisect_partitions(unit, rows, cfg.partition_rows, cfg.seed))
             for part in parts:
-                # An exact unit's V holds its planned rows; a partition's starts at its share with some slack and
-                # grows if its region draws more groups.
+                # An exact unit's V holds its planned rows; a partition's starts at its share and grows if its
+                # region draws more groups.
                 capacity = (selected if len(parts) == 1
-                            else min(part.shape[0], math.ceil(PARTITION_CAPACITY_SLACK * selected * part.shape[0]
-                                                              / len(rows))))
+                            else min(part.shape[0], math.ceil(selected * part.shape[0] / len(rows))))
                 partitions.append({"rows": part, "points": unit[part], "labels": label_arr[part].astype(str),
                                    "weights": None if weights is None else weights[part], "capacity": capacity,
-                                   "sync_rows": SYNC_ROWS if len(parts) == 1 else PARTITION_SYNC_ROWS})
+                                   "sync_rows": SYNC_ROWS if len(parts) == 1 else PARTITION_SYNC_ROWS,
+                                   "growth": PARTITION_GROWTH})
         del unit
         self.n_partitions = len(partitions)
         by_shard = [{pid: p for pid, p in enumerate(partitions) if pid % num_shards == s} for s in range(num_shards)]

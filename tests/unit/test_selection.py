@@ -151,9 +151,9 @@ def test_max_groups_beyond_possible_is_clamped(agnews):
 
 def test_threshold_stops_selection(sst2):
     emb, _, ids = sst2
-    tracker = SelectionTracker(emb, None, ids, cfg(max_groups=500, threshold=0.8))
-    # relative to the floor σ²/(k+1+σ²) = 1/11 a single group of 10 leaves at a point it covers
-    assert tracker.stop_variance == pytest.approx(1 / 11 + 0.8 * 10 / 11)
+    tracker = SelectionTracker(emb, None, ids, cfg(max_groups=500, threshold=0.6))
+    # relative to the floor σ²/(1+σ²) = 1/2 of a row observed once
+    assert tracker.stop_variance == pytest.approx(0.5 + 0.6 * 0.5)
     groups = tracker.next_groups(500)
     progress = tracker.progress()
     assert progress["done"] and progress["max_variance"] < tracker.stop_variance

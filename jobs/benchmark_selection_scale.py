@@ -135,8 +135,8 @@ def thresholds(name: str, engine: str, max_groups: int, partition_rows: int) -> 
     for threshold in (0.3, 0.2, 0.1, 0.05):
         cfg = SelectionConfig(max_groups=max_groups, threshold=threshold, engine=engine, partition_rows=partition_rows)
         groups, seconds, progress = schedule_groups(cfg, emb, labels)
-        print(f"| {threshold} | {progress['stop_variance']:.3f} | {len(groups)} | {len(groups) * 10 / n:.1%} | {progress['max_variance']:.4f} "
-              f"| {seconds:.1f} |", flush=True)
+        print(f"| {threshold} | {progress['stop_variance']:.3f} | {len(groups)} | {len(groups) * 10 / n:.1%} "
+              f"| {progress['max_variance']:.4f} | {seconds:.1f} |", flush=True)
 
 
 def own_label_coverage(groups_per_label: int) -> None:

@@ -1,7 +1,6 @@
-"""The selection tracker: owns the embeddings and GP state and hands out demonstration groups (Algorithm 1, step 1).
-
-A plain class; the driver wraps it with `ray.remote` to make it the central actor. Checkpoints list the issued groups.
-"""
+"""The selection tracker: coordinates the GP state (partitions held by shards) and hands out demonstration groups
+(Algorithm 1, step 1). A plain class; the driver wraps it with `ray.remote` to make it the central actor. Checkpoints
+list the issued groups."""
 
 from __future__ import annotations
 
@@ -15,7 +14,8 @@ import numpy as np
 
 from synalign_ray.config import SelectionConfig
 from synalign_ray.errors import ConfigError, InputError
-from synalign_ray.selection.gp import SYNC_ROWS, TIE_TOLERANCE, VARIANCE_CHUNK, kernel_from_sq_dist, median_pairwise_distance
+from synalign_ray.selection.gp import (SYNC_ROWS, TIE_TOLERANCE, VARIANCE_CHUNK, kernel_from_sq_dist,
+                                       median_pairwise_distance)
 from synalign_ray.selection.partitions import PartitionShard, bisect_partitions
 
 log = logging.getLogger(__name__)

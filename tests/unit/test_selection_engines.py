@@ -157,7 +157,8 @@ def test_state_budget_chooses_the_engine_and_refuses_with_the_arithmetic(agnews)
     auto = SelectionTracker(emb, labels, ids, cfg(max_state_gib=small, partition_rows=100))
     assert auto.engine == "partitioned" and auto.progress()["engine"] == "partitioned"
     assert SelectionTracker(emb, labels, ids, cfg()).engine == "exact"
-    with pytest.raises(ConfigError, match=r"exact needs 192,000 B = 0.00 GiB .*4 GP scope unit.*max_state_gib is 9.76563e-05 GiB = 104,857 B"):
+    with pytest.raises(ConfigError, match=r"exact needs 192,000 B = 0.00 GiB .*4 GP scope unit.*"
+                                          r"max_state_gib is 9.76563e-05 GiB = 104,857 B"):
         SelectionTracker(emb, labels, ids, cfg(engine="exact", max_state_gib=small))
     with pytest.raises(ConfigError, match="selection.engine=partitioned needs .*partition_rows=100"):
         SelectionTracker(emb, labels, ids, cfg(max_state_gib=1e-6, partition_rows=100))
@@ -177,3 +178,14 @@ def test_huge_selection_is_refused_before_any_allocation():
 def test_partition_rows_must_hold_two_groups():
     with pytest.raises(ConfigError, match="partition_rows=15 must be at least"):
         build_config({}, ["selection.partition_rows=15"])
+
+
+def test_unlabelled_rows_partition_too(agnews):
+    emb, _, ids = agnews
+    tracker = SelectionTracker(emb, None, ids, cfg(engine="partitioned", partition_rows=300, max_groups=10))
+    parts = bisect_partitions(emb, ids, 300, 0)
+    part_of = {int(r): pid for pid, p in enumerate(parts) for r in p}
+    groups = tracker.next_groups(100)
+    assert tracker.n_partitions == len(parts) == 4 and len(groups) == 10
+    assert all(g["label"] is None and len({part_of[d] for d in g["demo_row_ids"]}) == 1 for g in groups)
+    assert tracker.progress()["labels_skipped"] == {}

@@ -114,7 +114,8 @@ def coverage(name: str, groups_total: int, partition_rows: int) -> None:
     for rule in ("max_variance", "density_weighted"):
         ratio = scores[f"{rule}, partitioned"] / scores[f"{rule}, exact"]
         print(f"| {rule}: partitioned / exact | " + " | ".join(f"{v:.3f}" for v in ratio) + " |")
-    for label in ("max_variance, exact", "density_weighted, exact", "density_weighted, partitioned"):
+    for label in ("max_variance, exact", "max_variance, partitioned", "density_weighted, exact",
+                  "density_weighted, partitioned"):
         ratio = scores[label] / random_mean
         wins = int((scores[label][1:] >= random_mean[1:]).sum())
         print(f"| {label} / random mean ({wins} of {len(ratio) - 1} k-NN scales ≥ the mean, "

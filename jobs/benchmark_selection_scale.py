@@ -12,6 +12,7 @@ displaced by seeded Gaussian jitter of JITTER per coordinate·√d (norm ≈ JIT
 (6 labels); wall time, per-group cost, GP state bytes and peak RSS of the process. Run it alone: peak RSS counts all.
 
 --thresholds: where `threshold` stops on AG News dev and SST-2 train.
+--partition-sweep: on SST-2 train, the partitioned engine's k-NN-radius coverage over partition_rows, against exact.
 
 Run: python jobs/benchmark_selection_scale.py --coverage --scope --thresholds --scale 250000,5000; prints tables,
 asserts nothing.
@@ -140,6 +141,28 @@ def thresholds(name: str, engine: str, max_groups: int, partition_rows: int) -> 
               f"| {progress['max_variance']:.4f} | {seconds:.1f} |", flush=True)
 
 
+def partition_sweep(name: str, groups_total: int, sizes: list[int]) -> None:
+    """k-NN-radius coverage of the partitioned engine over partition sizes, as a ratio to the exact schedule's."""
+    table, emb = cached_embeddings(name)
+    labels = np.asarray(table.column("label").to_pylist())
+    n = emb.shape[0]
+    eval_rows = np.sort(np.random.default_rng(0).choice(n, size=min(EVAL_ROWS, n), replace=False))
+    radii = cached_npy(CACHE / f"knn_radii_{name}_{EVAL_ROWS}.npy", lambda: knn_radii_of(emb, eval_rows, KS))
+    header = " | ".join([f"kNN k={k}" for k in KS] + [f"d≤{d}" for d in DISTANCES])
+    print(f"\n## partition size: {name}, {groups_total} groups, max-variance; coverage / the exact schedule's\n")
+    print(f"| partition_rows | partitions | select s | GP state MiB | {header} |")
+    print("| --- " * (4 + len(KS) + len(DISTANCES)) + "|")
+    exact = None
+    for engine, size in [("exact", sizes[0]), *[("partitioned", s) for s in sizes]]:
+        cfg = SelectionConfig(max_groups=groups_total, engine=engine, partition_rows=size, threshold=1e-6)
+        groups, seconds, progress = schedule_groups(cfg, emb, labels)
+        knn, fixed = coverage_profile(emb, emb[np.concatenate(groups)], eval_rows, radii, DISTANCES)
+        scores = np.concatenate([knn, fixed])
+        exact = scores if exact is None else exact
+        print(f"| {size if engine == 'partitioned' else 'exact'} | {progress['partitions']} | {seconds:.1f} "
+              f"| {progress['state_mib']:.0f} | " + " | ".join(f"{v:.3f}" for v in scores / exact) + " |", flush=True)
+
+
 def own_label_coverage(groups_per_label: int) -> None:
     table, emb = cached_embeddings("agnews_dev")
     coin = np.where(np.random.default_rng(10).random(emb.shape[0]) < 0.5, "a", "b")
@@ -215,6 +238,7 @@ def main() -> None:
     parser.add_argument("--coverage", action="store_true")
     parser.add_argument("--scope", action="store_true")
     parser.add_argument("--thresholds", action="store_true")
+    parser.add_argument("--partition-sweep", action="store_true")
     parser.add_argument("--scale", help="ROWS,GROUPS")
     parser.add_argument("--groups", type=int, default=200)
     parser.add_argument("--partition-rows", type=int, default=2000)
@@ -226,6 +250,8 @@ def main() -> None:
     if args.thresholds:
         thresholds("agnews_dev", "exact", 1000, args.partition_rows)
         thresholds("sst2_train", "partitioned", 6061, args.partition_rows)
+    if args.partition_sweep:
+        partition_sweep("sst2_train", args.groups, [2000, 4000, 8000, 16000])
     if args.scope:
         own_label_coverage(100)
     if args.scale:

@@ -188,3 +188,20 @@ def test_reading_variances_never_changes_later_results(sst2):
         best_w, tops_w = watched.top_variance(candidates)
         assert best == best_w and tops.tolist() == tops_w.tolist()
     assert np.array_equal(quiet.variance, watched.variance)
+
+
+@pytest.mark.parametrize("sync_rows", [1, 64])  # every group synced / groups pending
+def test_weighted_top_and_variance_at_equal_the_eager_variances(sst2, sync_rows):
+    eager = IncrementalGP(sst2, "exponential", 0.6, 1.0, sync_rows=1)
+    gp = IncrementalGP(sst2, "exponential", 0.6, 1.0, sync_rows=sync_rows)
+    weights = np.random.default_rng(9).uniform(0.1, 1.0, N_ROWS)
+    candidates = np.arange(1, N_ROWS, 2)
+    for group in knn_groups(sst2, 5, seed=10):
+        eager.add(group)
+        gp.add(group)
+        score = eager.variance[candidates] * weights[candidates]
+        best, tops = gp.top_variance(candidates, weights[candidates])
+        assert best == pytest.approx(score.max(), abs=1e-6)
+        assert sorted(tops.tolist()) == candidates[score >= score.max() - TIE_TOLERANCE].tolist()
+        np.testing.assert_allclose(gp.variance_at(candidates[:50]), eager.variance[candidates[:50]], atol=1e-6)
+    assert (gp._n_observed > gp._n_synced) == (sync_rows == 64)

@@ -249,11 +249,13 @@ def two_sample_auc(a: np.ndarray, b: np.ndarray, seed: int, folds: int = 5,
     held-out folds (StratifiedKFold, shuffled with the seed), averaged over folds.
 
     Both sides are first cut to the same size, min(len(a), len(b), max_rows), by seeded subsampling, so the AUC
-    does not reward predicting the larger side. 0.5: the classifier cannot tell them apart; 1.0: separated.
+    does not reward predicting the larger side. Identical rows stay in one fold (StratifiedGroupKFold): a weighted
+    resample repeats rows, and a repeat seen in training would be recognised, not classified. 0.5: the classifier
+    cannot tell them apart; 1.0: separated.
     """
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
+    from sklearn.model_selection import StratifiedGroupKFold
 
     rng = np.random.default_rng(seed)
     n = min(len(a), len(b), max_rows)
@@ -261,9 +263,11 @@ def two_sample_auc(a: np.ndarray, b: np.ndarray, seed: int, folds: int = 5,
         raise ValueError(f"two_sample_auc needs at least 2 rows on each side, got {len(a)} and {len(b)}")
     x = np.vstack([np.asarray(a)[_subsample(len(a), n, rng)], np.asarray(b)[_subsample(len(b), n, rng)]])
     y = np.repeat([0, 1], n)
+    same_row = np.unique(x, axis=0, return_inverse=True)[1].ravel()
     aucs = []
+    splits = StratifiedGroupKFold(n_splits=min(folds, n), shuffle=True, random_state=seed).split(x, y, same_row)
     with _one_thread():
-        for train, test in StratifiedKFold(n_splits=min(folds, n), shuffle=True, random_state=seed).split(x, y):
+        for train, test in splits:
             clf = LogisticRegression(max_iter=2000).fit(x[train], y[train])
             aucs.append(roc_auc_score(y[test], clf.decision_function(x[test])))
     return float(np.mean(aucs))

@@ -356,7 +356,8 @@ def parse_samples_text(texts: list[str], finish_reasons: list[str | None]) -> li
     for text, finish in zip(texts, finish_reasons):
         if finish == "length":
             continue
-        line = one_line(text).strip().strip('"').strip()
+        # A model that restarts the list ("1. …") inside its answer: the number is list markup, not text.
+        line = re.sub(r"^\d{1,3}[.)]\s+", "", one_line(text).strip()).strip('"').strip()
         if line:
             samples.append(line)
     if not samples:

@@ -187,9 +187,9 @@ def test_text_summary_parse_is_lenient_but_needs_an_attribute():
 
 
 def test_text_samples_parse_keeps_finished_lines_only():
-    got = P.parse_samples_text([' "A warm, funny film."', " cut off in the midd", "  ", " fine\n"],
-                               ["stop", "length", "stop", "stop"])
-    assert got == ["A warm, funny film.", "fine"]
+    got = P.parse_samples_text([' "A warm, funny film."', " cut off in the midd", "  ", " fine\n", " 1. I am a fan"],
+                               ["stop", "length", "stop", "stop", "stop"])
+    assert got == ["A warm, funny film.", "fine", "I am a fan"]
     for answers, finishes, reason in ((["x", "y"], ["length", "length"], "truncated"),
                                       ([" ", ""], ["stop", "stop"], "empty")):
         with pytest.raises(P.ParseFailure) as err:

@@ -334,3 +334,13 @@ def test_row_bounds_reject_a_preset_shorter_than_min_chars():
         RowBounds.from_config(QualityConfig(min_chars=100), preset_max_chars=64)
     assert RowBounds.from_config(QualityConfig(), 64).max_chars == 64
     assert RowBounds.from_config(QualityConfig(max_chars=80), 64).max_chars == 80
+
+
+def test_two_sample_auc_is_not_fooled_by_repeated_rows(real_embeddings):
+    # A resample that repeats rows: with repeats split across folds the classifier recognises them and the AUC
+    # rises although the rows come from the same distribution.
+    _, emb = real_embeddings("sst2_train.parquet", 2000, 0)
+    rng = np.random.default_rng(4)
+    drawn = emb[rng.choice(60, size=400, replace=True)]  # 60 distinct rows, each about 7 times
+    other = emb[1000:1400]
+    assert quality.two_sample_auc(drawn, other, seed=0) < 0.7

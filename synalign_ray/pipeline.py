@@ -507,11 +507,12 @@ def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_
     for name, count in (("near_copy", near_copies), ("near_duplicate", near_duplicates)):
         if count:
             failed_checks[name] = count
-    log.info("generated rows: %d kept, %d dropped (%s)", sum(r is None for r in reasons),
-             sum(r is not None for r in reasons), _top_reasons(failed_checks, top=6) or "none")
+    kept_rows = sum(r is None for r in reasons)
+    log.info("generated rows: %d kept, %d dropped (%s)", kept_rows, len(reasons) - kept_rows,
+             _top_reasons(failed_checks, top=6) or "none")
     return write_table(out, loc, cfg, {"kind": "embeddings", "input": gen_loc.url, "model": cfg.embedding.model,
                                        "dim": emb.shape[1], "failed_checks": failed_checks,
-                                       "kept_rows": sum(r is None for r in reasons)}), out
+                                       "kept_rows": kept_rows}), out
 
 
 def _score_run(cfg: SynAlignConfig, embedded: pa.Table, gen_embedded: pa.Table, aligned: pa.Table) -> dict[str, Any]:
@@ -523,12 +524,12 @@ def _score_run(cfg: SynAlignConfig, embedded: pa.Table, gen_embedded: pa.Table, 
     rng = np.random.default_rng(q.seed)
     real_emb = io.embeddings_from_arrow(embedded.column(io.EMBEDDING))
     demos = {int(i) for ids in gen_embedded.column("demo_row_ids").to_pylist() for i in ids}
+    unseen = embedded.filter(pa.array([int(i) not in demos for i in embedded.column(io.ROW_ID).to_pylist()]))
     if q.reference_path:
         reference = ensure_embedded(read_rows(q.reference_path, cfg, "quality reference"), cfg)[0]
         where = f"{q.reference_path} ({min(reference.num_rows, q.reference_rows)} rows)"
-        pool = embedded.filter(pa.array([int(i) not in demos for i in embedded.column(io.ROW_ID).to_pylist()]))
+        pool = unseen
     else:
-        unseen = embedded.filter(pa.array([int(i) not in demos for i in embedded.column(io.ROW_ID).to_pylist()]))
         order = rng.permutation(unseen.num_rows)
         # Half the unseen rows at most, so the ceiling has other real rows to draw from.
         size = min(q.reference_rows, unseen.num_rows // 2)

@@ -205,3 +205,24 @@ def test_weighted_top_and_variance_at_equal_the_eager_variances(sst2, sync_rows)
         assert sorted(tops.tolist()) == candidates[score >= score.max() - TIE_TOLERANCE].tolist()
         np.testing.assert_allclose(gp.variance_at(candidates[:50]), eager.variance[candidates[:50]], atol=1e-6)
     assert (gp._n_observed > gp._n_synced) == (sync_rows == 64)
+
+
+@pytest.mark.parametrize("sync_rows", [1, 64])
+def test_variance_at_the_noise_floor_stays_positive_and_matches_float64(sst2, sync_rows):
+    # selection.noise's lower bound 1e-4 (config.py): tight groups drive observed rows to σ²/(1+σ²) ≈ 1e-4, where
+    # the float32 state's rounding (≈ 2.5e-6) must stay small against the true variance; below it, it did not.
+    kernel, tau, noise = "exponential", 0.6, 1e-4
+    gp = IncrementalGP(sst2, kernel, tau, noise, sync_rows=sync_rows)
+    for group in knn_groups(sst2, 60, seed=5):
+        gp.add(group)
+    observed = gp.observed
+    k_ss = cross_kernel(sst2[observed], sst2[observed], kernel, tau) + noise * np.eye(len(observed))
+    chol, _ = cho_factor(k_ss, lower=True)
+    v = solve_triangular(np.tril(chol), cross_kernel(sst2[observed], sst2, kernel, tau), lower=True)
+    reference = 1.0 - (v * v).sum(axis=0)
+    variance = gp.variance
+    assert reference.min() > 0 and variance.min() > 0
+    np.testing.assert_allclose(variance, reference, atol=5e-6)
+    # the observed rows sit near the floor, and their relative error is bounded there too
+    assert reference[observed].max() < 10 * noise
+    assert np.abs(variance[observed] - reference[observed]).max() < 0.05 * reference[observed].min()

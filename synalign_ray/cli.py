@@ -1,4 +1,4 @@
-"""`synalign` command line: one subcommand per stage plus `run` for the whole job.
+"""`synalign` command line: one subcommand per stage, `run` for the whole job, `report` and `evaluate` for a run.
 
 Usage: synalign <command> [--config FILE] [flags] [section.key=value ...]; `synalign <command> -h` for flags.
 """
@@ -11,52 +11,63 @@ import os
 import sys
 from typing import Callable
 
+from synalign_ray import api
 from synalign_ray.config import SynAlignConfig, load_config
-from synalign_ray.errors import SynAlignError
+from synalign_ray.errors import InputError, SynAlignError
 
 log = logging.getLogger("synalign_ray")
 
 
-def _add_common(p: argparse.ArgumentParser) -> None:
+def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (sections: data, embedding, selection, generation, "
-                                    "alignment, storage, output, resources)")
-    p.add_argument("--output", help="output folder or s3://bucket/prefix (sets output.path)")
-    p.add_argument("--overwrite", action="store_true", help="replace a completed result at --output")
+                                    "alignment, quality, storage, output, resources)")
     p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. embedding.batch_size=128")
 
 
-def _config(args: argparse.Namespace, extra: list[str]) -> SynAlignConfig:
-    overrides = list(extra) + list(args.overrides)
-    if args.output:
-        overrides.append(f"output.path={args.output}")
-    if args.overwrite:
-        overrides.append("output.overwrite=true")
-    return load_config(args.config, overrides)
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", help="output folder or s3://bucket/prefix (sets output.path)")
+    p.add_argument("--overwrite", action="store_true", help="replace a completed result at --output")
+    _add_config(p)
+
+
+def _add_embeddings(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--embeddings", required=True, help="a `synalign embed` output folder")
+    # `--input` names a data file everywhere else; here it gets a pointed error instead of argparse's usage dump.
+    p.add_argument("--input", help=argparse.SUPPRESS)
+
+
+def _config(args: argparse.Namespace) -> SynAlignConfig:
+    """The --config file with the dotted overrides; paths from flags are set on it as values by `api` (never
+    re-parsed as YAML, where `--output 2024` would become a number)."""
+    return load_config(args.config, list(args.overrides))
+
+
+def _paths(args: argparse.Namespace) -> dict:
+    return {"output": args.output, "overwrite": True if args.overwrite else None}
+
+
+def _no_input(args: argparse.Namespace) -> None:
+    if args.input is not None:
+        raise InputError(f"`synalign {args.command}` reads a `synalign embed` output folder: pass it as "
+                         f"--embeddings {args.input} (--input names a data file, for embed and generate)")
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
-    from synalign_ray.pipeline import embed_stage
-
-    extra = [f"data.path={args.input}"] if args.input else []
-    manifest = embed_stage(_config(args, extra))
+    manifest = api.embed(_config(args), input=args.input, **_paths(args))
     print(f"embedded {manifest['rows']} rows (dim {manifest['dim']}, {manifest['rows_per_second']} rows/s) "
           f"-> {manifest['output']}")
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    from synalign_ray.pipeline import select_stage
-
-    manifest = select_stage(_config(args, []), args.input)
+    _no_input(args)
+    manifest = api.select(_config(args), embeddings=args.embeddings, **_paths(args))
     print(f"selected {manifest['groups']} demonstration groups from {manifest['real_rows']} rows "
           f"-> {manifest['output']}")
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    from synalign_ray.pipeline import generate_stage
-
-    extra = [f"data.path={args.input}"] if args.input else []
-    manifest = generate_stage(_config(args, extra), schedule_path=args.schedule)
+    manifest = api.generate(_config(args), input=args.input, schedule=args.schedule, **_paths(args))
     tokens = manifest["tokens"]
     print(f"generated {manifest['rows']} rows for {manifest['groups_done']}/{manifest['groups_total']} groups "
           f"({len(manifest['failed_groups'])} failed, {manifest['duplicates_removed']} duplicates removed; "
@@ -65,10 +76,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
 
 
 def _cmd_align(args: argparse.Namespace) -> None:
-    from synalign_ray.pipeline import align_stage
-
-    extra = [f"alignment.size={args.size}"] if args.size is not None else []
-    manifest = align_stage(_config(args, extra), args.real, args.synthetic)
+    manifest = api.align(_config(args), real=args.real, synthetic=args.synthetic, size=args.size, **_paths(args))
     c, m = manifest["counts"], manifest["metrics"]
     print(f"aligned {c['synthetic_input']} synthetic rows -> {c['rows']} rows ({c['distinct_fraction']:.1%} distinct); "
           f"MMD² to real: all {m['all']['mmd2_rbf']:.4g}, random {m['random']['mmd2_rbf']:.4g}, "
@@ -77,11 +85,10 @@ def _cmd_align(args: argparse.Namespace) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> None:
     from synalign_ray.config import DEFAULT_RUN_CONFIG
-    from synalign_ray.pipeline import run_stage
 
     if args.config is None:
         args.config = str(DEFAULT_RUN_CONFIG)
-    manifest = run_stage(_config(args, []))
+    manifest = api.run(_config(args), **_paths(args))
     c = manifest["counts"]
     m = manifest["metrics"]
     print(f"run complete: {c['real_rows']} real rows, {c['groups']} groups -> {c['generated_rows']} generated -> "
@@ -96,7 +103,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
     from synalign_ray.errors import InputError
     from synalign_ray.report import write_report
 
-    loc = io.resolve(args.run_dir, _config(args, []).storage)
+    loc = io.resolve(args.run_dir, _config(args).storage)
     manifest = io.read_manifest(loc)
     if manifest is None or manifest.get("kind") != "run":
         raise InputError(f"{loc.url} is not a completed `synalign run` directory (no run manifest)")
@@ -104,13 +111,27 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_coverage(args: argparse.Namespace) -> None:
-    from synalign_ray.pipeline import coverage_stage
-
-    r = coverage_stage(_config(args, []), args.input, args.schedule, seeds=args.seeds)
+    _no_input(args)
+    r = api.coverage(_config(args), embeddings=args.embeddings, schedule=args.schedule, seeds=args.seeds)
     print(f"{r['groups']} groups (k={r['k']}) on a {r['map_rows']}-row t-SNE map:")
     print(f"  hull coverage       schedule {r['hull_coverage']:.4f}   random {r['hull_coverage_random']:.4f} "
           f"(x{r['hull_coverage'] / max(r['hull_coverage_random'], 1e-12):.2f}, mean of {r['random_seeds']} seeds)")
     print(f"  kNN-radius coverage schedule {r['knn_radius_coverage']:.4f}   random {r['knn_radius_coverage_random']:.4f}")
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from synalign_ray.evaluation import evaluate, format_results
+
+    res = evaluate(args.run_dir, args.test, loss=args.loss, classifier=args.classifier, seed=args.seed,
+                   model=args.model, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                   weight_decay=args.weight_decay, warmup=args.warmup, max_train_rows=args.max_train_rows,
+                   config=_config(args))
+    print(format_results(res))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(res, fh, indent=2)
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], None]]]:
@@ -124,7 +145,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     handlers["embed"] = _cmd_embed
 
     p = sub.add_parser("select", help="GP exploration-aware selection of demonstration groups")
-    p.add_argument("--input", required=True, help="a `synalign embed` output folder")
+    _add_embeddings(p)
     _add_common(p)
     handlers["select"] = _cmd_select
 
@@ -143,10 +164,10 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
     handlers["align"] = _cmd_align
 
     p = sub.add_parser("coverage", help="coverage of the real rows by a schedule's groups vs random selection")
-    p.add_argument("--input", required=True, help="a `synalign embed` output folder")
+    _add_embeddings(p)
     p.add_argument("--schedule", required=True, help="a `synalign select` output")
     p.add_argument("--seeds", type=int, default=5, help="random baselines to average")
-    _add_common(p)
+    _add_config(p)
     handlers["coverage"] = _cmd_coverage
 
     p = sub.add_parser("run", help="the whole job: embed, select, generate, align, report (resumable)")
@@ -155,8 +176,26 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
 
     p = sub.add_parser("report", help="(re)write the HTML report of a completed run directory")
     p.add_argument("run_dir", help="a `synalign run` output folder (local or s3://)")
-    _add_common(p)
+    _add_config(p)
     handlers["report"] = _cmd_report
+
+    p = sub.add_parser("evaluate", help="downstream check: classifiers trained on real, +random, +aligned rows")
+    p.add_argument("run_dir", help="a `synalign run` output folder (local or s3://)")
+    p.add_argument("--test", required=True, help="labelled rows held out of the run (Parquet/JSONL/CSV); rows "
+                                                 "that are among the run's input rows are dropped and counted")
+    p.add_argument("--loss", choices=["ce", "imp", "dimp"], default="ce")
+    p.add_argument("--classifier", choices=["logreg", "finetune"], default="logreg")
+    p.add_argument("--model", default="distilbert-base-uncased", help="finetune: HF model id or folder")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--warmup", type=float, default=0.06)
+    p.add_argument("--max-train-rows", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="also write the results as JSON to this file")
+    _add_config(p)
+    handlers["evaluate"] = _cmd_evaluate
     return parser, handlers
 
 

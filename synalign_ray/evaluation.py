@@ -1,30 +1,32 @@
-"""Downstream check (paper Table 1): train a classifier on real only, real + random resample, real + aligned
-resample of a completed run, and report accuracy and macro-F1 on held-out real rows.
+"""`synalign evaluate`, the downstream check (paper Table 1): train a classifier on real only, real + a random
+resample and real + the aligned resample of a completed run, and score accuracy and macro-F1 on held-out rows.
 
-Laptop:  python jobs/evaluate.py --run-dir synalign_output/local_demo --test ../shared/data/sst2_dev.parquet
-Cluster: python jobs/evaluate.py --run-dir s3://… --test s3://…/test.parquet --classifier finetune \
-             --model distilbert-base-uncased     (Table 7: lr 5e-5, batch 32, 6 epochs, wd 1e-4, warmup 6%)
+The held-out rows come from a file (`test`), never from the run's own real rows: those served as demonstrations and
+as the alignment target, so scoring on them would credit "+random" and "+aligned" with what they copied.
 Losses: ce (plain cross-entropy), imp (IMP-Loss: importance_weight per synthetic row), dimp (DIMP-Loss: weight
 P_real(y|x) / P_model_t(y|x), recomputed every step). Real rows always weigh 1.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
-from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from synalign_ray import io
+from synalign_ray.config import SynAlignConfig
+from synalign_ray.errors import InputError
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TRAIN_SETS = ("real only", "real + random", "real + aligned")
 
 
 def quality_checker(real_emb: np.ndarray, real_y: np.ndarray, seed: int):
-    """P_real(y|x) model (the IMP/DIMP quality checker): a logistic regression on the real rows' embeddings."""
+    """P_real(y|x) model (the IMP/DIMP quality checker): a logistic regression on the real rows' embeddings.
+    Read it with `importance.label_probability`, which looks labels up through the model's own classes."""
     from sklearn.linear_model import LogisticRegression
 
     return LogisticRegression(max_iter=2000, random_state=seed).fit(real_emb, real_y)
@@ -59,7 +61,8 @@ def train_linear(x: np.ndarray, y: np.ndarray, n_classes: int, loss: str, is_syn
         opt.zero_grad()
         ((weights * per_row).sum() / weights.sum()).backward()
         opt.step()
-    return lambda q: model(torch.as_tensor(q, dtype=torch.float32)).argmax(1).numpy()
+    # torch.tensor copies: the test embeddings may be read-only Arrow buffers.
+    return lambda q: model(torch.tensor(q, dtype=torch.float32)).argmax(1).numpy()
 
 
 def finetune(texts: list[str], y: np.ndarray, n_classes: int, loss: str, is_syn: np.ndarray,
@@ -112,131 +115,141 @@ def finetune(texts: list[str], y: np.ndarray, n_classes: int, loss: str, is_syn:
     return predict
 
 
-def evaluate(run_dir: str, test: str | None, loss: str = "ce", classifier: str = "logreg", seed: int = 0,
-             model: str = "distilbert-base-uncased", epochs: int = 6, lr: float = 5e-5, batch_size: int = 32,
-             weight_decay: float = 1e-4, warmup: float = 0.06, max_train_rows: int | None = None) -> dict:
-    from sklearn.metrics import accuracy_score, f1_score
 
-    from synalign_ray import io
-    from synalign_ray.alignment.importance import importance_weights
+def _read_run(run_dir: str, config: SynAlignConfig) -> tuple[SynAlignConfig, pa.Table, pa.Table, pa.Table]:
+    """The run's config (storage and resources from `config`: the run's own has its secrets masked and may name
+    another cluster), its embedded real rows, its kept generated rows and its aligned draw."""
+    import pyarrow.compute as pc
+
     from synalign_ray.config import build_config
-    from synalign_ray.errors import InputError
-    from synalign_ray.pipeline import ensure_embedded, read_rows
 
-    loc = io.resolve(run_dir)
+    loc = io.resolve(run_dir, config.storage)
     run = io.read_manifest(loc)
     if run is None or run.get("kind") != "run":
-        raise InputError(f"{run_dir} is not a completed `synalign run` directory")
-    cfg = build_config(run["config"])
-    label = cfg.data.label_column
-    if label is None:
+        raise InputError(f"{loc.url} is not a completed `synalign run` directory (no run manifest)")
+    cfg = build_config({**run["config"], "storage": config.storage.model_dump(),
+                        "resources": config.resources.model_dump()})
+    if cfg.data.label_column is None:
         raise InputError("evaluation needs labelled data (data.label_column is null in this run)")
     real = io.read_parts(loc.join("embeddings"))
     gen = io.read_parts(loc.join("generated_embeddings"))
     if "drop_reason" in gen.column_names:  # rows that failed a quality check never reach a training set
-        import pyarrow.compute as pc
-
         gen = gen.filter(pc.is_null(gen.column("drop_reason")))
-    aligned = io.read_parts(loc.join("aligned"))
-    real_emb = io.embeddings_from_arrow(real.column(io.EMBEDDING))
-    gen_emb = io.embeddings_from_arrow(gen.column(io.EMBEDDING))
-    real_y_names = real.column(label).to_pylist()
-    classes = sorted(set(real_y_names))
-    code = {c: i for i, c in enumerate(classes)}
-    real_texts = real.column(cfg.data.text_column).to_pylist()
-    if test:
-        import ray
+    return cfg, real, gen, io.read_parts(loc.join("aligned"))
 
-        test_rows = read_rows(test, cfg, "test", need_labels=True)
-        with_ray = not ray.is_initialized()
-        if with_ray:
-            ray.init(include_dashboard=False, log_to_driver=False)
-        try:
-            test_rows, test_emb = ensure_embedded(test_rows, cfg)
-        finally:
-            if with_ray:
-                ray.shutdown()
-        test_y = np.array([code.get(v, -1) for v in test_rows.column(label).to_pylist()])
-        test_texts = test_rows.column(cfg.data.text_column).to_pylist()
-        train_idx = np.arange(len(real_emb))
-    else:  # hold out 20% of the real rows
-        perm = np.random.default_rng(seed).permutation(len(real_emb))
-        cut = len(perm) // 5
-        test_emb, test_y = real_emb[perm[:cut]], np.array([code[real_y_names[i]] for i in perm[:cut]])
-        test_texts = [real_texts[i] for i in perm[:cut]]
-        train_idx = np.sort(perm[cut:])
-    r_emb, r_y = real_emb[train_idx], np.array([code[real_y_names[i]] for i in train_idx])
-    r_texts = [real_texts[i] for i in train_idx]
-    gen_y_all = np.array([code.get(v, -1) for v in gen.column("label").to_pylist()])
-    # Aligned rows name their generated row by generated_id (its row_id in generated_embeddings); positions in the
-    # aligned draw's own input are not positions here once rows were filtered.
+
+def synthetic_sets(gen: pa.Table, aligned: pa.Table, seed: int) -> dict[str, np.ndarray]:
+    """Positions in `gen` (the kept generated rows) that each training set adds to the real rows: none, a uniform
+    random draw, and the aligned draw's synthetic rows, joined on generated_id (the row's row_id in
+    generated_embeddings; positions in the aligned draw's own input differ once rows were filtered)."""
     gen_pos = {int(r): i for i, r in enumerate(gen.column(io.ROW_ID).to_pylist())}
     synthetic = aligned.filter(pa.array(np.asarray(aligned.column("source").to_pylist()) == "synthetic"))
-    aligned_idx = np.array([gen_pos[int(g)] for g in synthetic.column("generated_id").to_pylist()], dtype=np.int64)
-    random_idx = np.random.default_rng(seed).choice(len(gen_emb), size=len(aligned_idx), replace=True)
-    checker = quality_checker(r_emb, r_y, seed)
-    imp_all = importance_weights(r_emb, np.array([classes[i] for i in r_y], dtype=object), gen_emb,
-                                 np.array(gen.column("label").to_pylist(), dtype=object), seed=seed) \
-        if loss == "imp" else None
+    ids = synthetic.column("generated_id").to_pylist()
+    missing = sorted({int(g) for g in ids if int(g) not in gen_pos})
+    if missing:
+        raise InputError(f"{len(missing)} aligned row(s) name generated rows that are not kept generated rows "
+                         f"(first generated_id {missing[0]}): the run's folders do not belong together")
+    aligned_idx = np.array([gen_pos[int(g)] for g in ids], dtype=np.int64)
+    random_idx = np.random.default_rng(seed).choice(len(gen_pos), size=len(aligned_idx), replace=True)
+    return dict(zip(TRAIN_SETS, (np.array([], dtype=np.int64), random_idx, aligned_idx)))
+
+
+def _text_key(text: str) -> str:
+    return " ".join(text.casefold().split())
+
+
+def _read_test(test: str, cfg: SynAlignConfig, real_texts: list[str]) -> tuple[pa.Table, np.ndarray, int]:
+    """The held-out rows, embedded with the run's encoder, minus any row whose text is one of the run's real rows
+    (it was a possible demonstration and part of the alignment target). Returns (rows, embeddings, dropped)."""
+    from synalign_ray.runtime import ray_session
+    from synalign_ray.stages.align import ensure_embedded, read_rows
+
+    rows = read_rows(test, cfg, "test", need_labels=True)
+    seen = {_text_key(t) for t in real_texts}
+    fresh = np.array([_text_key(t) not in seen for t in rows.column(cfg.data.text_column).to_pylist()], dtype=bool)
+    dropped = int((~fresh).sum())
+    if not fresh.any():
+        raise InputError(f"every row of the test input {test} is one of the run's real rows; evaluate needs rows "
+                         "held out before the run")
+    rows = rows.filter(pa.array(fresh))
+    if io.EMBEDDING in rows.column_names:
+        return rows, io.embeddings_from_arrow(rows.column(io.EMBEDDING), test), dropped
+    with ray_session(cfg.resources):
+        rows, emb = ensure_embedded(rows, cfg)
+    return rows, emb, dropped
+
+
+def evaluate(run_dir: str | os.PathLike, test: str | os.PathLike | None, *, loss: str = "ce",
+             classifier: str = "logreg", seed: int = 0, model: str = "distilbert-base-uncased", epochs: int = 6,
+             lr: float = 5e-5, batch_size: int = 32, weight_decay: float = 1e-4, warmup: float = 0.06,
+             max_train_rows: int | None = None, config: SynAlignConfig | None = None) -> dict[str, Any]:
+    """Accuracy and macro-F1 on `test` (labelled rows held out of the run) of a classifier trained on each of
+    TRAIN_SETS. `config` supplies storage and resources (default: defaults); the rest comes from the run."""
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from synalign_ray.alignment.importance import importance_weights, label_probability
+
+    if loss not in ("ce", "imp", "dimp"):
+        raise InputError(f"unknown loss {loss!r}: ce, imp or dimp")
+    if classifier not in ("logreg", "finetune"):
+        raise InputError(f"unknown classifier {classifier!r}: logreg or finetune")
+    if test is None:
+        raise InputError("evaluate needs held-out labelled rows (--test FILE): the run's own real rows served as "
+                         "demonstrations and as the alignment target, so they cannot score it")
+    run_dir, test = os.fspath(run_dir), os.fspath(test)
+    cfg, real, gen, aligned = _read_run(run_dir, config or SynAlignConfig())
+    label, text = cfg.data.label_column, cfg.data.text_column
+    real_names = real.column(label).to_pylist()
+    classes = sorted(set(real_names))
+    if len(classes) < 2:
+        raise InputError(f"evaluation needs at least two labels among the run's real rows, found {classes}")
+    code = {c: i for i, c in enumerate(classes)}
+    sets = synthetic_sets(gen, aligned, seed)
+    test_rows, test_emb, test_dropped = _read_test(test, cfg, real.column(text).to_pylist())
+    test_y = np.array([code.get(v, -1) for v in test_rows.column(label).to_pylist()])
+    test_texts = test_rows.column(text).to_pylist()
+
+    r_emb = io.embeddings_from_arrow(real.column(io.EMBEDDING))
+    r_y = np.array([code[v] for v in real_names])
+    r_texts = real.column(text).to_pylist()
+    gen_emb = io.embeddings_from_arrow(gen.column(io.EMBEDDING))
+    gen_names = gen.column("label").to_pylist()
+    gen_y = np.array([code.get(v, -1) for v in gen_names])
     gen_texts = gen.column("text").to_pylist()
+    checker = quality_checker(r_emb, r_y, seed)
+    imp_all = importance_weights(r_emb, np.array(real_names, dtype=object), gen_emb,
+                                 np.array(gen_names, dtype=object), seed=seed) if loss == "imp" else None
     results = {}
-    for name, syn_idx in (("real only", np.array([], dtype=np.int64)), ("real + random", random_idx),
-                          ("real + aligned", aligned_idx)):
-        syn_idx = syn_idx[gen_y_all[syn_idx] >= 0]
+    for name, syn_idx in sets.items():
+        syn_idx = syn_idx[gen_y[syn_idx] >= 0]  # a label the real rows lack has no class to train
         x = np.vstack([r_emb, gen_emb[syn_idx]])
-        y = np.concatenate([r_y, gen_y_all[syn_idx]])
+        y = np.concatenate([r_y, gen_y[syn_idx]])
         texts = r_texts + [gen_texts[i] for i in syn_idx]
         is_syn = np.concatenate([np.zeros(len(r_y), bool), np.ones(len(syn_idx), bool)])
         imp = np.concatenate([np.ones(len(r_y)), imp_all[syn_idx] if imp_all is not None else np.ones(len(syn_idx))])
         if max_train_rows is not None and len(y) > max_train_rows:
             keep = np.sort(np.random.default_rng(seed).choice(len(y), size=max_train_rows, replace=False))
             x, y, is_syn, imp, texts = x[keep], y[keep], is_syn[keep], imp[keep], [texts[i] for i in keep]
-        p_real = checker.predict_proba(x)[np.arange(len(y)), y]
+        # By the checker's classes: indexing predict_proba by label code assumed every code was a class it saw.
+        p_real = label_probability(checker, x, y)
         if classifier == "logreg":
-            predict = train_linear(x, y, len(classes), loss, is_syn, imp, p_real, seed=seed)
-            pred = predict(test_emb)
+            pred = train_linear(x, y, len(classes), loss, is_syn, imp, p_real, seed=seed)(test_emb)
         else:
-            predict = finetune(texts, y, len(classes), loss, is_syn, imp, p_real, model, epochs, lr, batch_size,
-                               weight_decay, warmup, seed)
-            pred = predict(test_texts)
+            pred = finetune(texts, y, len(classes), loss, is_syn, imp, p_real, model, epochs, lr, batch_size,
+                            weight_decay, warmup, seed)(test_texts)
         results[name] = {"train_rows": int(len(y)), "synthetic_rows": int(is_syn.sum()),
                          "accuracy": float(accuracy_score(test_y, pred)),
                          "macro_f1": float(f1_score(test_y, pred, average="macro"))}
-    print(f"\nevaluation of {run_dir} ({classifier}, loss {loss}, {len(test_y)} held-out rows)")
-    print(f"  {'train set':<16} {'rows':>7} {'synthetic':>9} {'accuracy':>9} {'macro-F1':>9}")
-    for name, r in results.items():
-        print(f"  {name:<16} {r['train_rows']:>7} {r['synthetic_rows']:>9} {r['accuracy']:>9.4f} {r['macro_f1']:>9.4f}")
-    return {"run_dir": run_dir, "test": test, "loss": loss, "classifier": classifier, "results": results}
+    return {"run_dir": run_dir, "test": test, "test_rows": int(len(test_y)),
+            "test_rows_in_run_input": test_dropped, "loss": loss, "classifier": classifier, "results": results}
 
 
-def main() -> int:
-    from synalign_ray.errors import SynAlignError
-
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", required=True)
-    p.add_argument("--test", help="held-out labelled rows; default: 20%% of the run's real rows")
-    p.add_argument("--loss", choices=["ce", "imp", "dimp"], default="ce")
-    p.add_argument("--classifier", choices=["logreg", "finetune"], default="logreg")
-    p.add_argument("--model", default="distilbert-base-uncased", help="finetune: HF model id or folder")
-    p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=5e-5)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup", type=float, default=0.06)
-    p.add_argument("--max-train-rows", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--output", help="write the results as JSON here")
-    a = p.parse_args()
-    try:
-        res = evaluate(a.run_dir, a.test, a.loss, a.classifier, a.seed, a.model, a.epochs, a.lr, a.batch_size,
-                       a.weight_decay, a.warmup, a.max_train_rows)
-    except SynAlignError as err:
-        print(f"evaluate: error: {err}", file=sys.stderr)
-        return 2
-    if a.output:
-        Path(a.output).write_text(json.dumps(res, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def format_results(res: dict[str, Any]) -> str:
+    """The printed table of `evaluate`'s result."""
+    lines = [f"evaluation of {res['run_dir']} ({res['classifier']}, loss {res['loss']}, {res['test_rows']} held-out "
+             f"rows; {res['test_rows_in_run_input']} test rows dropped as the run's own input)",
+             f"  {'train set':<16} {'rows':>7} {'synthetic':>9} {'accuracy':>9} {'macro-F1':>9}"]
+    for name, r in res["results"].items():
+        lines.append(f"  {name:<16} {r['train_rows']:>7} {r['synthetic_rows']:>9} {r['accuracy']:>9.4f} "
+                     f"{r['macro_f1']:>9.4f}")
+    return "\n".join(lines)

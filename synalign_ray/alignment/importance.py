@@ -11,7 +11,7 @@ from sklearn.linear_model import LogisticRegression
 _MIN_PROBABILITY = 1e-3
 
 
-def _label_probability(model: LogisticRegression, emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
+def label_probability(model: LogisticRegression, emb: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """P(label_j | x_j) under `model`; 0 for labels the model never saw."""
     proba = model.predict_proba(emb)
     column = {c: i for i, c in enumerate(model.classes_)}
@@ -35,6 +35,6 @@ def importance_weights(real_emb: np.ndarray, real_labels: np.ndarray, syn_emb: n
         raise ValueError("importance weights need at least two labels in both the real and the synthetic rows")
     quality = _checker(real_emb, real_labels, seed)
     diversity = _checker(syn_emb, syn_labels, seed)
-    p_real = _label_probability(quality, syn_emb, syn_labels)
-    p_syn = _label_probability(diversity, syn_emb, syn_labels)
+    p_real = label_probability(quality, syn_emb, syn_labels)
+    p_syn = label_probability(diversity, syn_emb, syn_labels)
     return p_real / np.maximum(p_syn, _MIN_PROBABILITY)

@@ -157,7 +157,7 @@ def test_s3_down_longer_than_retries_fails_clearly_and_a_rerun_completes(flaky_s
     table = rows.append_column(io.ROW_ID, pa.array(np.arange(rows.num_rows))).append_column(
         io.EMBEDDING, io.embeddings_to_arrow(emb))
     write_table(table, io.resolve(str(tmp_path / "emb")), build_config({}), {"kind": "embeddings"})
-    argv = ["select", "--input", str(tmp_path / "emb"), "--output", "s3://flaky/schedule",
+    argv = ["select", "--embeddings", str(tmp_path / "emb"), "--output", "s3://flaky/schedule",
             f"storage.endpoint_url={endpoint}", "storage.region=us-east-1", "storage.max_attempts=1",
             "selection.max_groups=4"]
     moto.stop()

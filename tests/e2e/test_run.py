@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import synalign_ray
 from synalign_ray import io, quality
 from synalign_ray.config import DEFAULT_RUN_CONFIG, load_config
 from synalign_ray.pipeline import run_stage
@@ -47,7 +48,7 @@ def _all_text(loc: io.Location) -> str:
 def test_default_run_end_to_end_and_resume(run_target, generator_pool):
     out, storage_overrides = run_target
     cfg = load_config(DEFAULT_RUN_CONFIG, [*SMALL_RUN, f"output.path={out}", *storage_overrides])
-    manifest = run_stage(cfg, pool=generator_pool)
+    manifest = synalign_ray.run(cfg, pool=generator_pool)  # the Python API
     loc = io.resolve(out, cfg.storage)
     assert io.read_manifest(loc) == json.loads(json.dumps(manifest, default=str))
     counts = manifest["counts"]
@@ -96,20 +97,24 @@ def test_default_run_end_to_end_and_resume(run_target, generator_pool):
 
 
 def _evaluate(run_dir: str) -> None:
-    """The downstream check on the finished run: every loss with logistic regression, and the fine-tuning path
-    (GPU clusters) exercised on CPU with the packaged MiniLM as the transformer."""
-    sys.path.insert(0, str(REPO / "jobs"))
-    from evaluate import evaluate
+    """The downstream check on the finished run, scored on SST-2 dev rows (held out of the run): every loss with
+    logistic regression, and the fine-tuning path (GPU clusters) exercised on CPU with the packaged MiniLM as the
+    transformer."""
+    import pyarrow.parquet as pq
 
+    from synalign_ray import evaluate
     from synalign_ray.models import resolve_embedding_model
+    from tests.conftest import sample_rows
 
+    test = Path(run_dir).parent / "test.parquet"
+    pq.write_table(sample_rows("sst2_dev.parquet", 300), test)
     for loss in ("ce", "imp", "dimp"):
-        res = evaluate(run_dir, None, loss=loss)["results"]
+        res = evaluate(run_dir, test, loss=loss)["results"]
         assert list(res) == ["real only", "real + random", "real + aligned"]
         assert res["real only"]["synthetic_rows"] == 0 and res["real + aligned"]["synthetic_rows"] > 0
         # 600 real SST-2 rows already separate the labels far better than chance.
         assert all(0.6 < r["accuracy"] <= 1.0 and 0.0 < r["macro_f1"] <= 1.0 for r in res.values())
-    tuned = evaluate(run_dir, None, loss="dimp", classifier="finetune", model=resolve_embedding_model(
+    tuned = evaluate(run_dir, test, loss="dimp", classifier="finetune", model=resolve_embedding_model(
         "all-MiniLM-L6-v2"), epochs=1, batch_size=16, max_train_rows=48)["results"]
     assert all(r["train_rows"] == 48 and 0.0 <= r["accuracy"] <= 1.0 for r in tuned.values())
 

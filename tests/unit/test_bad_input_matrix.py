@@ -80,11 +80,11 @@ MATRIX = {
     "negative batch size": (["embed", "--input", SST2, "embedding.batch_size=-1"], "embedding.batch_size"),
     "missing config file": (["run", "--config", "{w}/none.yaml"], "config file not found"),
     "invalid yaml": (["run", "--config", "{w}/bad.yaml"], "not valid YAML"),
-    "select on raw rows": (["select", "--input", SST2], "not a completed `synalign embed` output"),
-    "k not positive": (["select", "--input", "{w}/emb", "selection.k=0"], "selection.k"),
-    "tau not positive": (["select", "--input", "{w}/emb", "selection.tau=-0.5"], "selection.tau"),
-    "threshold above 1": (["select", "--input", "{w}/emb", "selection.threshold=2"], "selection.threshold"),
-    "label smaller than k+1": (["select", "--input", "{w}/tiny_emb", "selection.k=9"], "needs at least 10"),
+    "select on raw rows": (["select", "--embeddings", SST2], "not a completed `synalign embed` output"),
+    "k not positive": (["select", "--embeddings", "{w}/emb", "selection.k=0"], "selection.k"),
+    "tau not positive": (["select", "--embeddings", "{w}/emb", "selection.tau=-0.5"], "selection.tau"),
+    "threshold above 1": (["select", "--embeddings", "{w}/emb", "selection.threshold=2"], "selection.threshold"),
+    "label smaller than k+1": (["select", "--embeddings", "{w}/tiny_emb", "selection.k=9"], "needs at least 10"),
     "unknown preset": (["generate", "--input", SST2, "generation.preset=nope"], "unknown preset 'nope'"),
     "missing model path": (["generate", "--input", SST2, "generation.model=/no/model"], "does not exist"),
     "samples per summary 0": (["generate", "--input", SST2, "generation.samples_per_summary=0"],
@@ -151,7 +151,7 @@ def test_matrix_is_wide():
 
 def test_s3_problems_are_one_line_errors(s3_bucket, tmp_path, capsys):
     storage, bucket = s3_bucket
-    args = ["select", "--input", "{w}", f"storage.endpoint_url={storage.endpoint_url}", "storage.region=us-east-1"]
+    args = ["select", "--embeddings", "{w}", f"storage.endpoint_url={storage.endpoint_url}", "storage.region=us-east-1"]
     code = main(["embed", "--input", SST2, "--output", "s3://no-such-bucket-xyz/out", *args[3:]])
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and "S3 bucket 'no-such-bucket-xyz' does not exist" in err
@@ -163,11 +163,11 @@ def test_secrets_never_printed_or_written(workspace, s3_bucket, tmp_path, capsys
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "matrix-secret-env")
     common = [f"storage.endpoint_url={storage.endpoint_url}", "storage.region=us-east-1",
               "storage.access_key_id=AKIDMATRIXSECRET02", "storage.secret_access_key=matrix-secret-cfg"]
-    assert main(["select", "--input", str(workspace / "emb"), "--output", f"s3://{bucket}/sched",
+    assert main(["select", "--embeddings", str(workspace / "emb"), "--output", f"s3://{bucket}/sched",
                  "selection.max_groups=4", *common]) == 0
-    assert main(["select", "--input", str(workspace / "emb"), "--output", "s3://missing-bucket-q/x", *common]) == 2
+    assert main(["select", "--embeddings", str(workspace / "emb"), "--output", "s3://missing-bucket-q/x", *common]) == 2
     closed = [c if "endpoint_url" not in c else "storage.endpoint_url=http://127.0.0.1:9" for c in common]
-    assert main(["select", "--input", str(workspace / "emb"), "--output", f"s3://{bucket}/y", *closed,
+    assert main(["select", "--embeddings", str(workspace / "emb"), "--output", f"s3://{bucket}/y", *closed,
                  "storage.max_attempts=1"]) == 2
     captured = capsys.readouterr()
     loc = io.resolve(f"s3://{bucket}/sched", build_config({}, common).storage)

@@ -18,7 +18,7 @@ def embedded_and_schedule(tmp_path_factory, real_embeddings):
     table = rows.append_column(io.ROW_ID, pa.array(np.arange(rows.num_rows))).append_column(
         io.EMBEDDING, io.embeddings_to_arrow(emb))
     write_table(table, io.resolve(str(root / "emb")), build_config({}), {"kind": "embeddings"})
-    assert main(["select", "--input", str(root / "emb"), "--output", str(root / "sched"),
+    assert main(["select", "--embeddings", str(root / "emb"), "--output", str(root / "sched"),
                  "selection.max_groups=12", "selection.k=4"]) == 0
     return root
 
@@ -31,7 +31,7 @@ def test_coverage_of_a_schedule(embedded_and_schedule, capsys):
     for key in ("hull_coverage", "hull_coverage_random", "knn_radius_coverage", "knn_radius_coverage_random"):
         assert 0.0 < r[key] <= 1.0
     assert coverage_stage(cfg, str(root / "emb"), str(root / "sched"), seeds=2, map_rows=300) == r
-    assert main(["coverage", "--input", str(root / "emb"), "--schedule", str(root / "sched"), "--seeds", "1"]) == 0
+    assert main(["coverage", "--embeddings", str(root / "emb"), "--schedule", str(root / "sched"), "--seeds", "1"]) == 0
     assert "hull coverage" in capsys.readouterr().out
 
 

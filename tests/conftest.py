@@ -137,3 +137,15 @@ def s3_bucket(s3_server, monkeypatch):
     bucket = f"synalign-{uuid.uuid4().hex[:10]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=bucket)
     return StorageConfig(endpoint_url=s3_server, region="us-east-1"), bucket
+
+
+# Test tiers (markers registered in pyproject.toml), derived from the fixtures a test uses so that a new test is
+# tiered without anyone remembering a mark; a test that starts one of these another way carries the mark itself.
+_TIER_FIXTURES = {"generator_pool": "vllm", "ray_local": "ray", "s3_server": "s3", "flaky_s3": "s3"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for fixture, marker in _TIER_FIXTURES.items():
+            if fixture in item.fixturenames:
+                item.add_marker(marker)

@@ -138,6 +138,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.vllm  # the job runs its own engine in a subprocess
+@pytest.mark.ray
 def test_ray_job_entry_point_on_a_started_cluster(tmp_path):
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()

@@ -23,7 +23,7 @@ import load_test
 def demo(_quick: bool) -> list[dict]:
     """The local demo end to end: wall time per stage and how busy the generator was once its engine was up."""
     from synalign_ray.config import DEFAULT_RUN_CONFIG, load_config
-    from synalign_ray.pipeline import run_stage
+    from synalign_ray.stages.run import run_stage
 
     out = tempfile.mkdtemp(prefix="synalign-demo-")
     t0 = time.perf_counter()

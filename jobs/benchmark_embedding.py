@@ -23,7 +23,7 @@ def run(rows: int | None = None, actors: int = 2, batch_size: int = 256) -> list
     from synalign_ray import io
     from synalign_ray.config import build_config
     from synalign_ray.models import load_sentence_transformer
-    from synalign_ray.pipeline import embed_rows
+    from synalign_ray.stages.embed import embed_rows
 
     overrides = [f"data.path={SST2_TRAIN}", f"embedding.num_actors={actors}", f"embedding.batch_size={batch_size}"]
     if rows:

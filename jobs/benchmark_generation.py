@@ -69,7 +69,7 @@ def run(n_groups: int = 16, samples: int = 5, group_size: int = 8, seed: int = 0
     from synalign_ray.config import build_config
     from synalign_ray.generation import prompts as P
     from synalign_ray.generation.worker import request_seed
-    from synalign_ray.pipeline import generate_stage
+    from synalign_ray.stages.generate import generate_stage
 
     table, groups = _groups(n_groups, group_size, seed)
     texts = table.column("text").to_pylist()

@@ -30,19 +30,21 @@ def main() -> None:
     from synalign_ray.embedding import Encoder
     from synalign_ray.generation.pool import GeneratorPool
     from synalign_ray.generation.prompts import load_preset
-    from synalign_ray.pipeline import _groups_from_rows, embed_rows, ray_session
+    from synalign_ray.runtime import ray_session
     from synalign_ray.selection.schedule import build_schedule
+    from synalign_ray.stages.embed import embed_rows
+    from synalign_ray.stages.generate import groups_of
 
     cfg = load_config(DEFAULT_RUN_CONFIG, [f"selection.max_groups={args.groups}"])
     g = cfg.generation
     real = io.read_real_rows(cfg.data)
     texts = dict(zip(real.column(io.ROW_ID).to_pylist(), real.column(cfg.data.text_column).to_pylist()))
-    with ray_session(cfg):
+    with ray_session(cfg.resources):
         embedded = embed_rows(real, cfg, cfg.data.text_column)
         schedule = build_schedule(cfg.selection, io.embeddings_from_arrow(embedded.column(io.EMBEDDING)),
                                   embedded.column(cfg.data.label_column).to_pylist(),
                                   embedded.column(io.ROW_ID).to_numpy()).to_pylist()
-        groups = _groups_from_rows(schedule, texts, set())
+        groups = groups_of(schedule, texts, set())
         batches = [groups[i:i + g.groups_per_batch] for i in range(0, len(groups), g.groups_per_batch)]
         preset = load_preset(g.preset, g.presets_file)
         pool = GeneratorPool(g, cfg.resources.cache_dir)

@@ -8,7 +8,6 @@ Laptop:  python jobs/synalign_job.py --config jobs/configs/local.yaml   (starts 
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -18,18 +17,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 log = logging.getLogger("synalign_ray.job")
 
 
-def connect_ray() -> str:
-    """Join the cluster this job was submitted to (or one `ray start` made here); otherwise start a local Ray."""
-    import ray
+def connect_ray(argv: list[str]) -> str:
+    """Join the cluster this job was submitted to (or one `ray start` made here); otherwise start a local Ray sized
+    by the config's `resources.*`. Same environment for the workers as `synalign run` gives them (runtime.py)."""
+    from synalign_ray.cli import build_parser
+    from synalign_ray.config import DEFAULT_RUN_CONFIG, load_config
+    from synalign_ray.runtime import start
 
-    env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "SYNALIGN_CACHE_DIR", "TOKENIZERS_PARALLELISM")
-           if k in os.environ}
-    try:
-        ray.init(address="auto", runtime_env={"env_vars": env} if env else None)
-        return "cluster"
-    except ConnectionError:
-        ray.init(runtime_env={"env_vars": env} if env else None, include_dashboard=False)
-        return "local"
+    args = build_parser()[0].parse_args(["run", *argv])
+    cfg = load_config(args.config or DEFAULT_RUN_CONFIG, list(args.overrides))
+    return start(cfg.resources, join_running=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if any(a in ("-h", "--help") for a in argv):
         return cli_main(["run", "--help"])
-    where = connect_ray()
+    from synalign_ray.errors import SynAlignError
+
+    try:
+        where = connect_ray(argv)
+    except SynAlignError as err:  # a bad config is reported as `synalign run` reports it
+        print(f"synalign run: error: {err}", file=sys.stderr)
+        return 2
     print(f"synalign job: connected to {where} Ray", flush=True)
     return cli_main(["run", *argv])
 

@@ -6,7 +6,7 @@ Load with `load_config(path, overrides)`: YAML first, then dotted `key=value` ov
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, ClassVar, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -31,6 +31,19 @@ DEFAULT_RUN_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    # Keys that change how a step runs (resources, speed, where it writes) but never what it writes. Declared once
+    # per section; the resume fingerprint (run_folder.settings_for) is everything else.
+    NOT_RESULTS: ClassVar[frozenset[str]] = frozenset()
+
+    def results_dump(self) -> dict[str, Any]:
+        """The settings that shape results, JSON-safe: every key except NOT_RESULTS, at every depth."""
+        out = self.model_dump(mode="json", exclude=set(self.NOT_RESULTS))
+        for name in out:
+            value = getattr(self, name)
+            if isinstance(value, _Strict):
+                out[name] = value.results_dump()
+        return out
+
 
 class DataConfig(_Strict):
     """Where the real rows come from and which columns hold text and label."""
@@ -45,6 +58,8 @@ class DataConfig(_Strict):
 
 class EmbeddingConfig(_Strict):
     """Sentence-transformers encoder and the Ray Data actor pool that runs it."""
+
+    NOT_RESULTS = frozenset({"batch_size", "num_actors", "num_cpus_per_actor", "num_gpus_per_actor", "device"})
 
     model: str = Field(default="all-MiniLM-L6-v2", description="packaged name, local folder, or ST model id")
     batch_size: PositiveInt = 256
@@ -75,9 +90,6 @@ class SelectionConfig(_Strict):
     engine: Literal["auto", "exact", "partitioned"] = Field(
         default="auto", description="auto: exact when its state fits max_state_gib, else partitioned")
     partition_rows: PositiveInt = Field(default=2000, description="most rows in one exact GP of the partitioned engine")
-    inducing_rows: NonNegativeInt = Field(default=256, description=(
-        "partitioned engine: seeded rows per scope unit whose Nyström features carry the kernel across partitions "
-        "(PIC); 0 drops the cross-partition effect"))
     max_state_gib: PositiveFloat = Field(default=4.0, description="budget for the GP state (float32 V), all GPs")
     seed: int = 0
 
@@ -103,6 +115,9 @@ class SamplingConfig(_Strict):
 class GenerationConfig(_Strict):
     """Latent attribute reasoning on a pool of vLLM generator actors (paper §3.3)."""
 
+    NOT_RESULTS = frozenset({"num_generators", "max_in_flight", "num_gpus_per_generator", "num_cpus_per_generator",
+                             "cpu_threads_bind", "cpu_kvcache_space_gib"})
+
     preset: str = "sst2"
     presets_file: str | None = Field(default=None, description="YAML file with user-defined presets")
     mode: Literal["two_stage", "one_stage", "simprompt"] = "two_stage"
@@ -126,6 +141,8 @@ class GenerationConfig(_Strict):
 
 class AlignmentConfig(_Strict):
     """Synthetic distribution alignment: MMD weights and weighted resampling (paper §3.4)."""
+
+    NOT_RESULTS = frozenset({"num_shards"})  # the distributed fit equals the single-process one
 
     features: Literal["linear", "rff"] = "rff"
     projections: PositiveInt = 1000
@@ -210,6 +227,8 @@ class StorageConfig(_Strict):
 class OutputConfig(_Strict):
     """Where results go: a local folder or s3://bucket/prefix."""
 
+    NOT_RESULTS = frozenset({"path", "overwrite"})  # a folder may move (local -> S3) and still resume
+
     path: str = "synalign_output"
     rows_per_part: PositiveInt = 50_000
     overwrite: bool = False
@@ -226,6 +245,8 @@ class ResourcesConfig(_Strict):
 
 class SynAlignConfig(_Strict):
     """Everything one run needs; every section has defaults that run the local demo."""
+
+    NOT_RESULTS = frozenset({"storage", "resources"})
 
     data: DataConfig = DataConfig()
     embedding: EmbeddingConfig = EmbeddingConfig()

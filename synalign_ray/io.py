@@ -1,6 +1,5 @@
-"""Read real rows and write Parquet parts plus a JSON manifest, on a local path or s3:// (pyarrow + s3fs).
-
-The manifest is written last: a folder without one is an incomplete result. S3 keys never reach messages.
+"""Storage primitives on a local path or s3:// (pyarrow + s3fs): read rows, write one Parquet part or JSON file
+atomically. `run_folder` builds output folders from them. S3 keys never reach messages.
 """
 
 from __future__ import annotations
@@ -11,7 +10,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -21,7 +20,8 @@ import pyarrow.parquet as pq
 from synalign_ray.config import DataConfig, StorageConfig
 from synalign_ray.errors import InputError, StorageError
 
-MANIFEST = "manifest.json"
+# Metadata starts with `_`, so Parquet readers (pyarrow, Ray Data, Spark, DuckDB) skip it in a data folder.
+MANIFEST = "_manifest.json"
 ROW_ID = "row_id"
 EMBEDDING = "embedding"
 _FORMATS = {".parquet": "parquet", ".pq": "parquet", ".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl",
@@ -182,12 +182,18 @@ def check_writable(loc: Location, storage: StorageConfig | None = None) -> None:
 # ---------------------------------------------------------------------------------------------- reading
 
 
+def _visible(f: str, root: str) -> bool:
+    """A data file, as Parquet readers see it: no path part below `root` starts with `.` or `_` (metadata)."""
+    rel = posixpath.relpath(f, root) if f != root else posixpath.basename(f)
+    return not any(part.startswith((".", "_")) for part in rel.split("/"))
+
+
 def _detect_format(path: str, fmt: str, fs: Any) -> str:
     if fmt != "auto":
         return fmt
     probe = path
     if fs.isdir(path):
-        files = sorted(f for f in fs.find(path) if not posixpath.basename(f).startswith((".", "_")))
+        files = sorted(f for f in fs.find(path) if _visible(f, path))
         exts = {posixpath.splitext(f)[1].lower() for f in files}
         known = [e for e in exts if e in _FORMATS]
         if len(known) != 1:
@@ -205,7 +211,7 @@ def _data_files(loc: Location, fmt: str) -> list[str]:
     if not loc.fs.isdir(loc.path):
         return [loc.path]
     files = sorted(f for f in loc.fs.find(loc.path)
-                   if not posixpath.basename(f).startswith((".", "_")) and posixpath.basename(f) != MANIFEST
+                   if _visible(f, loc.path)
                    and _FORMATS.get(posixpath.splitext(f)[1].lower()) == fmt)
     if not files:
         raise InputError(f"folder {loc.url} holds no {fmt} files")
@@ -395,24 +401,6 @@ def read_manifest(loc: Location, name: str = MANIFEST) -> dict[str, Any] | None:
         return None
     with loc.fs.open(target.path, "rb") as fh:
         return json.loads(fh.read())
-
-
-def remove(loc: Location, names: Iterable[str]) -> None:
-    for n in names:
-        p = loc.join(n).path
-        if loc.fs.exists(p):
-            loc.fs.rm(p)
-
-
-def prepare_output(loc: Location, overwrite: bool, storage: StorageConfig | None = None) -> None:
-    """Refuse to clobber a completed result unless asked; with overwrite, drop the old manifest first so the
-    folder reads as incomplete until the new one lands."""
-    check_writable(loc, storage)
-    if read_manifest(loc) is not None:
-        if not overwrite:
-            raise StorageError(f"{loc.url} already holds a complete result ({MANIFEST}); "
-                               "set output.overwrite=true or choose another output path")
-        remove(loc, [MANIFEST])
 
 
 def read_parts(loc: Location, manifest: dict[str, Any] | None = None) -> pa.Table:

@@ -21,7 +21,8 @@ from synalign_ray.alignment.resample import (STREAM_UNIFORM_BASELINE, allot, dis
                                              holdout_counts, holdout_mask, output_schema, rng_for)
 from synalign_ray.config import StorageConfig, SynAlignConfig
 from synalign_ray.errors import ConfigError, InputError
-from synalign_ray.io import Location, prepare_output, write_manifest
+from synalign_ray.io import Location
+from synalign_ray.run_folder import RunFolder, settings_for
 
 IMPORTANCE_COLUMN = "importance_weight"
 # Distances are computed on seeded samples of at most this many rows per side: exact W1 is cubic in it.
@@ -180,19 +181,32 @@ def _distances(name: str, emb: np.ndarray, real_sample: np.ndarray, texts: list[
 
 
 def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: pa.Table, syn_emb: np.ndarray,
-          output: Location, storage: StorageConfig | None) -> dict[str, Any]:
-    """Fit (λ searched or set) → resample → write parts → in-sample and held-out metrics → manifest."""
-    started = time.perf_counter()
-    a = cfg.alignment
+          output: Location | RunFolder, storage: StorageConfig | None = None) -> dict[str, Any]:
+    """Fit (λ searched or set) → resample → write parts → in-sample and held-out metrics → manifest.
+
+    `output`: a RunFolder the caller opened, or a Location, opened here under the usual rule (the rows are the
+    caller's, so its fingerprint holds the data and alignment settings only). Inputs are checked before either.
+    """
     real_emb = np.asarray(real_emb, dtype=np.float32)
     syn_emb = np.asarray(syn_emb, dtype=np.float32)
     plan = check_inputs(cfg, real, real_emb, synthetic, syn_emb)
+    if isinstance(output, RunFolder):
+        return _align(cfg, plan, real, real_emb, synthetic, syn_emb, output)
+    with RunFolder(output, storage).open(settings_for(cfg, ("data", "alignment")), cfg.output.overwrite) as folder:
+        return folder.reused if folder.reused is not None else _align(cfg, plan, real, real_emb, synthetic, syn_emb,
+                                                                        folder)
+
+
+def _align(cfg: SynAlignConfig, plan: "FitPlan", real: pa.Table, real_emb: np.ndarray, synthetic: pa.Table,
+           syn_emb: np.ndarray, folder: RunFolder) -> dict[str, Any]:
+    started = time.perf_counter()
+    a = cfg.alignment
+    output, storage = folder.loc, folder.storage
     text_col, label_col = cfg.data.text_column, cfg.data.label_column
     has_labels = plan.real_labels is not None and plan.syn_labels is not None
     group_names, syn_groups, size = plan.group_names, plan.syn_groups, plan.size
     if plan.missing:
         _progress(f"real labels {plan.missing} have no synthetic rows: their share goes to the other labels")
-    prepare_output(output, cfg.output.overwrite, storage)
     _progress(f"{synthetic.num_rows} synthetic rows, {real.num_rows} real rows ({int(plan.fitted.sum())} fitted, "
               f"{int(plan.held_out.sum())} held out), d={syn_emb.shape[1]}, weighting={a.weighting}, "
               f"groups={group_names}, size={size}")
@@ -297,6 +311,7 @@ def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: 
                            "resampled": int((chosen_groups == g).sum())}
     manifest = {
         "kind": "synalign.align",
+        "output": output.url,
         "parts": parts,
         "columns": schema.names,
         "counts": {"synthetic_input": synthetic.num_rows, "real_input": real.num_rows, "resampled": int(len(chosen)),
@@ -313,6 +328,6 @@ def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: 
         "sources": [SOURCE_SYNTHETIC] + ([SOURCE_REAL] if a.mix_real else []),
         "seconds": round(time.perf_counter() - started, 3),
     }
-    write_manifest(output, manifest, storage)
+    folder.finish(manifest)
     _progress(f"manifest written to {output.url} ({manifest['seconds']}s)")
     return manifest

@@ -14,7 +14,8 @@ from synalign_ray.alignment.mmd import (DiversityTarget, FeatureMap, FitParams, 
                                         WeightShard, run_fit, search_entropy, split_ranges)
 from synalign_ray.alignment.resample import conform, draw_within, shard_counts
 from synalign_ray.config import StorageConfig
-from synalign_ray.io import resolve, write_part
+from synalign_ray.io import resolve
+from synalign_ray.run_folder import write_parts
 
 SOURCE_SYNTHETIC = "synthetic"
 SOURCE_REAL = "real"
@@ -89,8 +90,8 @@ class AlignmentShard:
         rows = self._syn_rows.take(pa.array(positions, type=pa.int64()))
         fixed = _fixed_columns(rows, text_column, label_column, SOURCE_SYNTHETIC,
                                probability[positions], positions + self._syn_offset)
-        return _write_parts(conform(fixed, schema), out_url, storage, f"synthetic-{self.index:04d}",
-                            rows_per_part)
+        return write_parts(conform(fixed, schema), resolve(out_url, storage), storage, f"synthetic-{self.index:04d}",
+                           rows_per_part, allow_empty=False)
 
     def write_real(self, out_url: str, storage: StorageConfig | None, schema: pa.Schema, text_column: str,
                    label_column: str | None, rows_per_part: int) -> list[str]:
@@ -100,7 +101,8 @@ class AlignmentShard:
                                np.full(n, np.nan), np.arange(n) + self._real_offset)
         if "importance_weight" in schema.names:
             fixed = fixed.append_column("importance_weight", pa.array(np.ones(n)))
-        return _write_parts(conform(fixed, schema), out_url, storage, f"real-{self.index:04d}", rows_per_part)
+        return write_parts(conform(fixed, schema), resolve(out_url, storage), storage, f"real-{self.index:04d}",
+                           rows_per_part, allow_empty=False)
 
 
 def _fixed_columns(rows: pa.Table, text_column: str, label_column: str | None, source: str,
@@ -117,15 +119,6 @@ def _fixed_columns(rows: pa.Table, text_column: str, label_column: str | None, s
             table = table.drop_columns([name])
         table = table.append_column(name, column)
     return table
-
-
-def _write_parts(table: pa.Table, out_url: str, storage: StorageConfig | None, stem: str,
-                 rows_per_part: int) -> list[str]:
-    loc = resolve(out_url, storage)
-    names = []
-    for k, lo in enumerate(range(0, table.num_rows, rows_per_part)):
-        names.append(write_part(table.slice(lo, rows_per_part), loc, f"{stem}-{k:04d}.parquet", storage))
-    return names
 
 
 Spawn = Callable[..., Any]

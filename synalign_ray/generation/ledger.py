@@ -20,7 +20,8 @@ from synalign_ray.generation.prompts import normalise_text
 
 log = logging.getLogger(__name__)
 
-LEDGER_DIR = "ledger"
+# `_`: Parquet readers skip it, so the output folder opens as a dataset while and after it is written.
+LEDGER_DIR = "_ledger"
 GENERATED_SCHEMA = pa.schema([
     pa.field("text", pa.string()),
     pa.field("label", pa.string()),

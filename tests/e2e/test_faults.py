@@ -19,7 +19,9 @@ from synalign_ray.cli import main
 from synalign_ray.config import build_config
 from synalign_ray.errors import InputError
 from synalign_ray.generation import ledger as ledger_mod
-from synalign_ray.pipeline import embed_rows, generate_stage, write_table
+from synalign_ray.stages.common import write_table
+from synalign_ray.stages.embed import embed_rows
+from synalign_ray.stages.generate import generate_stage
 from tests.conftest import REPO, data_file
 from tests.e2e.conftest import write_schedule
 

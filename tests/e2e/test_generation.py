@@ -13,7 +13,7 @@ from synalign_ray.errors import ConfigError, InputError, ModelError, StorageErro
 from synalign_ray.generation import ledger as ledger_mod
 from synalign_ray.generation.prompts import PRESETS, normalise_text
 from synalign_ray.models import resolve_llm
-from synalign_ray.pipeline import generate_stage, row_bounds, row_checker
+from synalign_ray.stages.generate import generate_stage, row_bounds, row_checker
 from tests.conftest import data_file
 from tests.e2e.conftest import write_schedule
 
@@ -139,20 +139,30 @@ def test_stopped_run_resumes_without_losing_or_repeating_groups(tmp_path, genera
     for stage in ("stage1", "stage2"):
         assert manifest["tokens"][stage]["completion"] >= tokens_before[stage]["completion"]
     assert manifest["batches"] == 3 and manifest["pool"]["batches_this_run"] == 2
-    # Rerunning onto a completed output is refused; a changed config onto an unfinished one too.
-    with pytest.raises(InputError, match="already holds a complete generation result"):
-        generate_stage(cfg, schedule, pool=generator_pool)
+    # Rerunning onto the completed output with the same settings reuses it; other settings are refused.
+    ledgers = sorted(p.name for p in (tmp_path / "gen" / ledger_mod.LEDGER_DIR).iterdir())
+    assert generate_stage(cfg, schedule, pool=generator_pool) == io.read_manifest(out)
+    assert sorted(p.name for p in (tmp_path / "gen" / ledger_mod.LEDGER_DIR).iterdir()) == ledgers
+    changed = cfg_for(tmp_path, generation_config, "generation.sampling.temperature=0.5")
+    with pytest.raises(InputError, match="complete result with different settings \\(changed: "
+                                         "generation.sampling.temperature\\)"):
+        generate_stage(changed, schedule, pool=generator_pool)
 
 
 def test_changed_config_cannot_resume_an_unfinished_run(tmp_path, generation_config):
     cfg = cfg_for(tmp_path, generation_config)
     out = io.resolve(str(tmp_path / "gen"))
-    from synalign_ray.pipeline import _check_resume, _generation_fingerprint
+    from synalign_ray.run_folder import RunFolder
+    from synalign_ray.stages.generate import settings
 
-    _check_resume(out, cfg, _generation_fingerprint(cfg, "s"))
+    RunFolder(out).open(settings(cfg, "s"), resume=True).release()  # a run that stopped before its manifest
     changed = cfg_for(tmp_path, generation_config, "generation.samples_per_summary=7")
-    with pytest.raises(InputError, match="different config \\(changed: generation\\)"):
-        _check_resume(out, changed, _generation_fingerprint(changed, "s"))
+    with pytest.raises(InputError, match="unfinished result with different settings \\(changed: "
+                                         "generation.samples_per_summary\\)"):
+        RunFolder(out).open(settings(changed, "s"), resume=True)
+    # Resources are not results: another pool size resumes the same run.
+    more = cfg_for(tmp_path, generation_config, "generation.num_generators=3", "generation.max_in_flight=4")
+    RunFolder(out).open(settings(more, "s"), resume=True).release()
 
 
 def test_killed_generator_actor_is_replaced_and_its_batch_retried(tmp_path, generator_pool, generation_config):

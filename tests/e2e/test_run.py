@@ -18,8 +18,9 @@ import pytest
 
 import synalign_ray
 from synalign_ray import io, quality
+from synalign_ray.generation.ledger import LEDGER_DIR
 from synalign_ray.config import DEFAULT_RUN_CONFIG, load_config
-from synalign_ray.pipeline import run_stage
+from synalign_ray.stages.run import run_stage
 from tests.conftest import REPO, data_file
 
 SMALL_RUN = [f"data.path={data_file('sst2_train.parquet')}", "data.sample_rows=600", "selection.max_groups=4",
@@ -58,15 +59,20 @@ def test_default_run_end_to_end_and_resume(run_target, generator_pool):
     dropped = io.read_parts(loc.join("generated_dropped"))
     assert counts["generated_rows"] == gen.num_rows + dropped.num_rows > 0
     assert counts["aligned_rows"] == aligned.num_rows
-    # The rows are text: at least 80% of what the packaged model wrote passes every quality check, and the
+    # The rows are text: at least 80% of what the packaged model wrote passes every per-row check, and the
     # report shows generated rows themselves (the JSON-format output of the previous release kept ~10%).
     ge = io.read_parts(loc.join("generated_embeddings"))
     assert counts["kept_rows"] == sum(r is None for r in ge.column("drop_reason").to_pylist())
-    assert counts["kept_rows"] >= 0.8 * counts["generated_rows"], (counts, dropped.to_pylist()[:10])
+    assert gen.num_rows >= 0.8 * counts["generated_rows"], (counts, dropped.to_pylist()[:10])
     assert set(dropped.column("drop_reason").to_pylist() if dropped.num_rows else []) <= set(quality.CHECK_REASONS)
     q = manifest["quality"]["sets"]
     assert {"all generated", "kept", "aligned draw", "real ceiling"} <= set(q)
     assert 0.0 <= q["kept"]["two_sample_auc"] <= 1.0 and 0.0 < q["kept"]["mauve"] <= 1.0
+    # The label check drops rows whose label the input rows' classifier contradicts; the reference's classifier
+    # (other rows) then agrees with the kept rows at least as often as with all of them.
+    assert q["kept"]["label_agreement"] >= q["all generated"]["label_agreement"]
+    assert ge.column("drop_reason").to_pylist().count("label_mismatch") == \
+        io.read_manifest(loc.join("generated_embeddings"))["failed_checks"].get("label_mismatch", 0)
     labels = set(io.read_parts(loc.join("embeddings")).column("label").to_pylist())
     assert set(gen.column("label").to_pylist()) <= labels and set(aligned.column("label").to_pylist()) <= labels
     # weight = probability of drawing that synthetic row: one value per row, and over all rows they sum to 1.
@@ -82,14 +88,14 @@ def test_default_run_end_to_end_and_resume(run_target, generator_pool):
     text = _all_text(loc)
     assert "runsecret9" not in text and "AKIDRUNTEST0001" not in text
     # A second invocation finds the run complete and regenerates nothing.
-    ledgers = loc.fs.find(loc.join("generated", "ledger").path)
+    ledgers = loc.fs.find(loc.join("generated", LEDGER_DIR).path)
     again = run_stage(cfg, pool=generator_pool)
-    assert again["counts"] == counts and loc.fs.find(loc.join("generated", "ledger").path) == ledgers
+    assert again["counts"] == counts and loc.fs.find(loc.join("generated", LEDGER_DIR).path) == ledgers
     # Losing the last stages: the rerun reuses generation and reproduces alignment exactly (same seed).
     loc.fs.rm(loc.join(io.MANIFEST).path)
     loc.fs.rm(loc.join("aligned").path, recursive=True)
     third = run_stage(cfg, pool=generator_pool)
-    assert loc.fs.find(loc.join("generated", "ledger").path) == ledgers
+    assert loc.fs.find(loc.join("generated", LEDGER_DIR).path) == ledgers
     assert io.read_parts(loc.join("aligned")).equals(aligned)
     assert third["counts"] == counts
     if not out.startswith("s3://"):
@@ -124,11 +130,12 @@ def test_changed_config_against_an_old_run_dir_is_refused(tmp_path):
 
     cfg = load_config(DEFAULT_RUN_CONFIG, [*SMALL_RUN, f"output.path={tmp_path / 'run'}"])
     run_dir = io.resolve(cfg.output.path)
-    from synalign_ray.pipeline import _run_fingerprint
+    from synalign_ray.run_folder import SETTINGS, settings_for
+    from synalign_ray.stages.run import SECTIONS
 
-    io.write_manifest(run_dir, _run_fingerprint(cfg), name="run_config.json")
+    io.write_manifest(run_dir, settings_for(cfg, SECTIONS), name=SETTINGS)
     changed = load_config(DEFAULT_RUN_CONFIG, [*SMALL_RUN, f"output.path={tmp_path / 'run'}", "selection.k=3"])
-    with pytest.raises(InputError, match="different config \\(changed: selection\\)"):
+    with pytest.raises(InputError, match="different settings \\(changed: selection.k\\)"):
         run_stage(changed)
 
 

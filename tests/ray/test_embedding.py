@@ -7,7 +7,7 @@ import pytest
 from synalign_ray import io
 from synalign_ray.cli import main
 from synalign_ray.config import build_config
-from synalign_ray.pipeline import embed_rows
+from synalign_ray.stages.embed import embed_rows
 from tests.conftest import data_file, sample_rows
 
 
@@ -51,6 +51,7 @@ def test_embed_command_writes_parts_then_manifest(ray_local, output_target, sent
     assert table.column("text").to_pylist() == [expected.column("text")[i].as_py() for i in ids]
     want = sentence_model.encode(table.column("text").to_pylist(), normalize_embeddings=True)
     np.testing.assert_allclose(io.embeddings_from_arrow(table.column(io.EMBEDDING)), want, atol=1e-5)
-    # Running again onto a completed result is refused, not silently overwritten.
-    assert main(argv) == 2
-    assert "already holds a complete result" in capsys.readouterr().err
+    # Running again onto a completed result with the same settings reuses it; other settings are refused.
+    assert main(argv) == 0 and io.read_manifest(loc) == manifest
+    assert main([*argv, "data.seed=4"]) == 2
+    assert "complete result with different settings (changed: data.seed)" in capsys.readouterr().err

@@ -12,9 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synalign_ray import io, pipeline
+from synalign_ray import io, runtime
 from synalign_ray.cli import main
 from synalign_ray.config import build_config
+from synalign_ray.stages import embed
+from synalign_ray.stages.common import write_table
 from tests.conftest import data_file
 
 
@@ -23,8 +25,8 @@ def nothing_expensive(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("expensive work started despite bad input")
 
-    monkeypatch.setattr(pipeline, "ray_session", fail)
-    monkeypatch.setattr(pipeline, "embed_rows", fail)
+    monkeypatch.setattr(runtime, "ray_session", fail)
+    monkeypatch.setattr(embed, "embed_rows", fail)
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +37,9 @@ def workspace(tmp_path_factory, real_embeddings):
     table = rows.append_column(io.ROW_ID, pa.array(np.arange(rows.num_rows))).append_column(
         io.EMBEDDING, io.embeddings_to_arrow(emb))
     cfg = build_config({}, [f"output.path={root / 'emb'}"])
-    pipeline.write_table(table, io.resolve(str(root / "emb")), cfg, {"kind": "embeddings", "dim": 384})
+    write_table(table, io.resolve(str(root / "emb")), cfg, {"kind": "embeddings", "dim": 384})
     tiny = table.slice(0, 12)
-    pipeline.write_table(tiny, io.resolve(str(root / "tiny_emb")), cfg, {"kind": "embeddings", "dim": 384})
+    write_table(tiny, io.resolve(str(root / "tiny_emb")), cfg, {"kind": "embeddings", "dim": 384})
     small_dim = table.set_column(table.column_names.index(io.EMBEDDING), io.EMBEDDING,
                                  io.embeddings_to_arrow(emb[:, :16]))
     pq.write_table(small_dim, root / "syn16.parquet")

@@ -4,7 +4,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synalign_ray import pipeline
+from synalign_ray.stages import embed
 from synalign_ray.cli import main
 
 
@@ -13,7 +13,7 @@ def no_embedding(monkeypatch):
     def fail(*args, **kwargs):
         raise AssertionError("the embedding stage started despite bad input")
 
-    monkeypatch.setattr(pipeline, "embed_rows", fail)
+    monkeypatch.setattr(embed, "embed_rows", fail)
 
 
 def write(tmp_path, table, name="in.parquet"):
@@ -47,4 +47,4 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("synalign embed: error:") and message in err[-1]
-    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not (tmp_path / "out" / "_manifest.json").exists()

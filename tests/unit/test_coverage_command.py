@@ -8,7 +8,8 @@ from synalign_ray import io
 from synalign_ray.cli import main
 from synalign_ray.config import build_config
 from synalign_ray.errors import InputError
-from synalign_ray.pipeline import coverage_stage, write_table
+from synalign_ray.stages.common import write_table
+from synalign_ray.stages.select import coverage_stage
 
 
 @pytest.fixture(scope="module")

@@ -120,7 +120,6 @@ def test_missing_unsupported_and_unreadable_files(store):
 def test_parts_and_manifest_round_trip(store):
     base, storage = store
     loc = io.resolve(base + "/out", storage)
-    io.prepare_output(loc, overwrite=False, storage=storage)
     emb = np.random.default_rng(0).normal(size=(6, 4)).astype(np.float32)
     table = pa.table({"text": list("abcdef"), "embedding": io.embeddings_to_arrow(emb)})
     io.write_part(table.slice(0, 3), loc, "part-00000.parquet", storage)
@@ -133,11 +132,6 @@ def test_parts_and_manifest_round_trip(store):
     back = io.read_parts(loc)
     assert back.column("text").to_pylist() == list("abcdef")
     np.testing.assert_array_equal(io.embeddings_from_arrow(back.column("embedding")), emb)
-    # A completed result is never clobbered unless asked; with overwrite the manifest goes first.
-    with pytest.raises(StorageError, match="already holds a complete result"):
-        io.prepare_output(loc, overwrite=False, storage=storage)
-    io.prepare_output(loc, overwrite=True, storage=storage)
-    assert io.read_manifest(loc) is None
 
 
 def test_embedding_column_checks():

@@ -7,7 +7,7 @@ from synalign_ray import io
 from synalign_ray.config import build_config
 from synalign_ray.generation.ledger import GenerationLedger, dropped_location
 from synalign_ray.generation.prompts import PRESETS
-from synalign_ray.pipeline import row_bounds, row_checker
+from synalign_ray.stages.generate import row_bounds, row_checker
 from tests.conftest import sample_rows
 
 # Written by the packaged model under strict compact JSON (issue 12), each with the check it must fail.

@@ -1,0 +1,304 @@
+"""One output folder of a synalign command: reading a completed one, writing parts and the manifest last, the
+resume fingerprint, the overwrite rule and the lease that keeps a second job out of a folder a live job writes.
+
+Layout: data files (`part-*.parquet`, …) only; metadata starts with `_` (`_manifest.json`, `_settings.json`,
+`_lease.json`, `_ledger/`), so pyarrow, Ray Data, DuckDB and Spark open the folder as a Parquet dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import posixpath
+import socket
+import threading
+import time
+import uuid
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+from synalign_ray import io
+from synalign_ray.config import StorageConfig, SynAlignConfig
+from synalign_ray.errors import InputError, StorageError, SynAlignError
+
+log = logging.getLogger(__name__)
+
+MANIFEST = io.MANIFEST
+SETTINGS = "_settings.json"
+LEASE = "_lease.json"
+# Written by releases before the `_` layout; such a folder is refused rather than mixed into.
+LEGACY_MANIFEST = "manifest.json"
+# A lease whose heartbeat is older than this is stale (its job died on another host, or hung); the heartbeat is
+# refreshed every LEASE_TIMEOUT_S / 6 seconds.
+LEASE_TIMEOUT_S = 120.0
+
+
+class LeaseError(SynAlignError):
+    """Another live job holds the folder."""
+
+
+def settings_for(cfg: SynAlignConfig, sections: Iterable[str], **inputs: Any) -> dict[str, Any]:
+    """The resume fingerprint of one command: its inputs plus the results-relevant settings of the config sections
+    it reads (config.NOT_RESULTS says which keys are not)."""
+    dump = cfg.results_dump()
+    return {"inputs": {k: v for k, v in inputs.items()}, **{s: dump[s] for s in sections}}
+
+
+def _flat(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def changed_keys(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Dotted keys whose value differs between two fingerprints (present in either)."""
+    a, b = _flat(old), _flat(new)
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<unset>") != b.get(k, "<unset>"))
+
+
+def write_parts(table: pa.Table, loc: io.Location, storage: StorageConfig | None, stem: str,
+                rows_per_part: int, allow_empty: bool = True) -> list[str]:
+    """Write `table` as Parquet parts `{stem}-00000.parquet`, … of at most `rows_per_part` rows; returns the names
+    in order. An empty table is one empty part (its schema on disk), or none without `allow_empty`."""
+    names = []
+    for k, start in enumerate(range(0, max(table.num_rows, 1 if allow_empty else 0), rows_per_part)):
+        names.append(io.write_part(table.slice(start, rows_per_part), loc, f"{stem}-{k:05d}.parquet", storage))
+    return names
+
+
+def read_output(path: str, storage: StorageConfig | None, fmt: str = "auto",
+                what: str = "input") -> tuple[pa.Table, dict[str, Any] | None]:
+    """The one reader: a completed synalign folder (its manifest's parts, in order) or any Parquet/JSONL/CSV file
+    or folder. Returns the rows and the manifest (None for plain data)."""
+    loc = io.resolve(path, storage)
+    if not io.exists(loc, storage):
+        raise InputError(f"{what} not found: {loc.url}")
+    if loc.fs.isdir(loc.path):
+        manifest = io.read_manifest(loc)
+        if manifest is not None:
+            return io.read_parts(loc, manifest), manifest
+        _refuse_legacy(loc)
+    return io.read_table(path, fmt, storage), None
+
+
+def _refuse_legacy(loc: io.Location) -> None:
+    if loc.fs.exists(loc.join(LEGACY_MANIFEST).path) and not loc.fs.exists(loc.join(MANIFEST).path):
+        raise InputError(f"{loc.url} was written by an older synalign_ray (it has {LEGACY_MANIFEST}, not {MANIFEST});"
+                         " rerun the command into a new folder or with output.overwrite=true")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+class RunFolder:
+    """The output folder one command writes. Use as a context manager around the work:
+
+        with RunFolder(loc, storage).open(settings, overwrite) as folder:
+            if folder.reused is not None:
+                return folder.reused          # complete with the same settings: nothing to do
+            folder.write_table(table, rows_per_part)
+            return folder.finish(manifest)    # manifest last, lease released
+
+    The rule, the same for every command: a complete folder with the same settings is reused; a folder (complete
+    or not) holding other settings is refused naming the keys, unless `overwrite`, which wipes it (and `siblings`)
+    and starts again; an incomplete one with the same settings resumes (`resume=True`: its parts stay, the caller
+    skips what is done) or is cleared of its parts and rewritten.
+    """
+
+    def __init__(self, loc: io.Location, storage: StorageConfig | None = None):
+        self.loc = loc
+        self.storage = storage
+        self.reused: dict[str, Any] | None = None
+        self._token: str | None = None
+        self._stop = threading.Event()
+        self._beat: threading.Thread | None = None
+        self.lease_lost = False
+
+    @property
+    def url(self) -> str:
+        return self.loc.url
+
+    def manifest(self) -> dict[str, Any] | None:
+        """The manifest when the folder is complete, else None."""
+        return io.read_manifest(self.loc)
+
+    # ------------------------------------------------------------------------------------------------ opening
+
+    def open(self, settings: dict[str, Any], overwrite: bool = False, resume: bool = False,
+             siblings: Iterable[io.Location] = ()) -> "RunFolder":
+        """Check the folder is writable, take the lease, then apply the overwrite rule (see the class)."""
+        io.check_writable(self.loc, self.storage)
+        self.acquire_lease()
+        try:
+            self._apply_rule(settings, overwrite, resume, list(siblings))
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def _apply_rule(self, settings: dict[str, Any], overwrite: bool, resume: bool,
+                    siblings: list[io.Location]) -> None:
+        settings = json.loads(json.dumps(settings, default=str))
+        previous = io.read_manifest(self.loc, SETTINGS)
+        complete = io.read_manifest(self.loc)
+        if not overwrite:
+            _refuse_legacy(self.loc)
+            if previous is not None and previous != settings:
+                keys = changed_keys(previous, settings)
+                state = "a complete result" if complete is not None else "an unfinished result"
+                raise InputError(f"{self.url} holds {state} with different settings (changed: "
+                                 f"{', '.join(keys[:8])}{' …' if len(keys) > 8 else ''}); use another output path "
+                                 "or output.overwrite=true")
+            if complete is not None:
+                if previous is None:
+                    raise InputError(f"{self.url} holds a complete result without {SETTINGS}; use another output "
+                                     "path or output.overwrite=true")
+                log.info("%s is already complete with these settings; reusing it", self.url)
+                self.reused = complete
+                self.release()
+                return
+        if overwrite:
+            self._wipe(siblings)
+        elif previous is None:
+            self._refuse_foreign_data()
+        elif not resume:
+            self._clear_parts()
+        io.write_manifest(self.loc, settings, self.storage, name=SETTINGS)
+
+    def _wipe(self, siblings: list[io.Location]) -> None:
+        # The manifest first: a wipe cut short leaves an incomplete folder, never a manifest without its parts.
+        for loc in (self.loc, *siblings):
+            if loc.fs.exists(loc.join(MANIFEST).path):
+                loc.fs.rm(loc.join(MANIFEST).path)
+        for loc in siblings:
+            if loc.fs.exists(loc.path):
+                loc.fs.rm(loc.path, recursive=True)
+        for p in self._listing():
+            if posixpath.basename(p) != LEASE:
+                self.loc.fs.rm(p, recursive=True)
+
+    def _listing(self) -> list[str]:
+        if not self.loc.fs.exists(self.loc.path):
+            return []
+        return [p for p in self.loc.fs.ls(self.loc.path, detail=False) if p.rstrip("/") != self.loc.path]
+
+    def _data_files(self) -> list[str]:
+        return [p for p in self._listing() if not posixpath.basename(p.rstrip("/")).startswith(("_", "."))]
+
+    def _refuse_foreign_data(self) -> None:
+        # A folder that is not ours but holds data: writing parts into it would mix them with its files.
+        data = [p for p in self._data_files() if p.endswith(".parquet")]
+        if data:
+            raise InputError(f"{self.url} already holds {len(data)} Parquet file(s) that no synalign command wrote "
+                             "there; choose an empty folder or set output.overwrite=true")
+
+    def _clear_parts(self) -> None:
+        for p in self._data_files():
+            self.loc.fs.rm(p, recursive=True)
+
+    # ------------------------------------------------------------------------------------------------ writing
+
+    def write_table(self, table: pa.Table, rows_per_part: int, stem: str = "part") -> list[str]:
+        return write_parts(table, self.loc, self.storage, stem, rows_per_part)
+
+    def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Write the manifest (last: the folder is complete from here on) and release the lease."""
+        if self.lease_lost:
+            raise LeaseError(f"{self.url}: another job took over this folder's lease while this one ran (its "
+                             "heartbeat stalled past the timeout); this job's result is not marked complete")
+        io.write_manifest(self.loc, manifest, self.storage)
+        self.release()
+        return manifest
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+    # -------------------------------------------------------------------------------------------------- lease
+
+    def _lease_body(self, started: float) -> dict[str, Any]:
+        return {"host": socket.gethostname(), "pid": os.getpid(), "token": self._token, "started": started,
+                "heartbeat": time.time()}
+
+    def _read_lease(self) -> dict[str, Any] | None:
+        try:
+            return io.read_manifest(self.loc, LEASE)
+        except (ValueError, OSError):  # half-written or vanished between exists and open
+            return None
+
+    def stale_reason(self, lease: dict[str, Any], timeout: float = LEASE_TIMEOUT_S) -> str | None:
+        """Why `lease` no longer blocks (its job is gone), or None when a live job may hold it."""
+        age = time.time() - float(lease.get("heartbeat", 0))
+        if age > timeout:
+            return f"heartbeat {age:.0f} s old"
+        if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", -1))):
+            return f"process {lease.get('pid')} on this host has exited"
+        return None
+
+    def acquire_lease(self) -> None:
+        """Refuse with LeaseError while another live job holds the folder; a stale lease is taken over."""
+        lease = self._read_lease()
+        if lease is not None:
+            why = self.stale_reason(lease)
+            if why is None:
+                raise LeaseError(f"{self.url} is being written by another job (host {lease.get('host')}, pid "
+                                 f"{lease.get('pid')}, heartbeat {time.time() - float(lease['heartbeat']):.0f} s "
+                                 f"ago); wait for it to finish, stop it, or choose another output path (a lease "
+                                 f"older than {LEASE_TIMEOUT_S:.0f} s counts as stale)")
+            log.warning("%s: taking over a stale lease (%s)", self.url, why)
+        self._token = uuid.uuid4().hex
+        started = time.time()
+        io.write_manifest(self.loc, self._lease_body(started), self.storage, name=LEASE)
+        # Two jobs that start together both see no lease; the later write wins, and the earlier job finds a
+        # token that is not its own here (neither storage offers an atomic create-if-absent through fsspec).
+        time.sleep(0.2)
+        now = self._read_lease()
+        if now is None or now.get("token") != self._token:
+            self._token = None
+            raise LeaseError(f"{self.url}: another job took the folder's lease at the same moment; choose another "
+                             "output path or wait for it")
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, args=(started,), daemon=True,
+                                      name=f"synalign-lease-{posixpath.basename(self.loc.path)}")
+        self._beat.start()
+
+    def _heartbeat(self, started: float) -> None:
+        while not self._stop.wait(LEASE_TIMEOUT_S / 6):
+            try:
+                current = self._read_lease()
+                if current is not None and current.get("token") != self._token:
+                    log.error("%s: the lease was taken over by host %s pid %s", self.url, current.get("host"),
+                              current.get("pid"))
+                    self.lease_lost = True
+                    return
+                io.write_manifest(self.loc, self._lease_body(started), self.storage, name=LEASE)
+            except (StorageError, OSError) as err:  # a missed beat is retried; the timeout allows several
+                log.warning("%s: lease heartbeat failed: %s", self.url, err)
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the lease if it is still ours (idempotent)."""
+        if self._token is None:
+            return
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=30)
+        current = self._read_lease()
+        if current is not None and current.get("token") == self._token:
+            target = self.loc.join(LEASE).path
+            if self.loc.fs.exists(target):
+                self.loc.fs.rm(target)
+        self._token = None

@@ -1,0 +1,223 @@
+"""`synalign generate`: demonstration groups (a schedule, or the central tracker over fresh embeddings) -> the
+generator pool -> kept and dropped Parquet parts with a ledger entry per batch; resumable."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from synalign_ray import io, runtime
+from synalign_ray.config import GenerationConfig, SynAlignConfig
+from synalign_ray.errors import InputError
+from synalign_ray.run_folder import RunFolder, settings_for
+from synalign_ray.stages.common import stamp, top_reasons
+from synalign_ray.stages import embed
+from synalign_ray.stages.select import read_schedule
+
+log = logging.getLogger(__name__)
+
+
+def settings(cfg: SynAlignConfig, schedule_path: str | None) -> dict[str, Any]:
+    """What a resumed generation must share with the one it continues; the tracker's groups depend on the encoder
+    and the selection settings, a given schedule replaces both."""
+    sections = ("data", "generation", "quality") + (() if schedule_path else ("selection", "embedding"))
+    return settings_for(cfg, sections, schedule=schedule_path)
+
+
+def row_bounds(cfg: SynAlignConfig, preset):
+    """The quality checks' bounds for this preset; an impossible combination fails here, before any model."""
+    from synalign_ray.quality import RowBounds
+
+    return RowBounds.from_config(cfg.quality, preset.max_sample_chars)
+
+
+def row_checker(cfg: SynAlignConfig, preset, bounds, input_texts):
+    """The per-row checks of a run: bounds, prompt and schema echoes of this preset, copies of the input rows."""
+    from synalign_ray.quality import RowChecker, attribute_echo_terms
+
+    return RowChecker(bounds, (*cfg.quality.echo_terms, *attribute_echo_terms(preset.attributes)), input_texts)
+
+
+def _warn_budgets(g: GenerationConfig, preset) -> None:
+    from synalign_ray.generation.prompts import char_budgets
+
+    if g.output_format != "json":  # the text format sizes its answers itself (prompts.text_sample_tokens)
+        return
+    budgets = char_budgets(preset, g.samples_per_summary, g.sampling.max_tokens)
+    if not budgets.fits:
+        log.warning("generation.sampling.max_tokens=%d cannot hold a JSON answer of this preset; every request will "
+                    "be cut off and its group reported as failed", g.sampling.max_tokens)
+    elif budgets.sample < preset.max_sample_chars:
+        log.warning("generation.sampling.max_tokens=%d caps each of %d samples at %d characters (preset %s allows %d); "
+                    "set it to %d to let samples reach full length", g.sampling.max_tokens, g.samples_per_summary,
+                    budgets.sample, preset.name, preset.max_sample_chars, budgets.sample_tokens_needed)
+
+
+def _check_schedule(schedule: pa.Table, real: pa.Table) -> None:
+    known = set(real.column(io.ROW_ID).to_pylist())
+    unknown = {int(i) for ids in schedule.column("demo_row_ids").to_pylist() for i in ids} - known
+    if unknown:
+        raise InputError(f"schedule refers to {len(unknown)} row id(s) not in the input "
+                         f"(e.g. {sorted(unknown)[:3]}): was it built from another input?")
+
+
+def groups_of(rows: list[dict[str, Any]], texts: dict[int, str], done: set[int]) -> list:
+    """Schedule rows -> Groups with their demonstration texts, without the groups already written."""
+    from synalign_ray.generation.worker import Group
+
+    groups = []
+    for r in rows:
+        if r["group_id"] not in done:
+            ids = [int(i) for i in r["demo_row_ids"]]
+            groups.append(Group(int(r["group_id"]), r.get("label"), ids, [texts[i] for i in ids]))
+    return groups
+
+
+def _groups(batches: Iterable[list[dict[str, Any]]], texts: dict[int, str], done: set[int]) -> Iterator[list]:
+    for rows in batches:
+        if groups := groups_of(rows, texts, done):
+            yield groups
+
+
+def _schedule_batches(rows: list[dict[str, Any]], n: int) -> Iterator[list[dict[str, Any]]]:
+    for start in range(0, len(rows), n):
+        yield rows[start:start + n]
+
+
+def _tracker_batches(ray, tracker, n: int) -> Iterator[list[dict[str, Any]]]:
+    """Groups as the generators ask for them: the tracker selects each batch when it is taken."""
+    while batch := ray.get(tracker.next_groups.remote(n)):
+        yield batch
+
+
+def _start_tracker(ray, cfg: SynAlignConfig, real: pa.Table, embedded: pa.Table | None, timings: dict[str, float]):
+    from synalign_ray.selection.tracker import SelectionTracker
+
+    if embedded is None:
+        t0 = time.monotonic()
+        embedded = embed.embed_rows(real, cfg, cfg.data.text_column)
+        timings["embed_real"] = time.monotonic() - t0
+    emb = io.embeddings_from_arrow(embedded.column(io.EMBEDDING))
+    labels = embedded.column(cfg.data.label_column).to_pylist() if cfg.data.label_column else None
+    ids = np.asarray(embedded.column(io.ROW_ID).to_numpy())
+    return ray.remote(SelectionTracker).options(num_cpus=0).remote(emb, labels, ids, cfg.selection)
+
+
+def check_generated_rows(manifest: dict[str, Any]) -> None:
+    """A generation result with no usable row is an error that says why; its rows stay on disk for inspection."""
+    if manifest["rows"] > 0:
+        return
+    if manifest.get("dropped_rows"):
+        raise InputError(f"every generated row failed a quality check (top reasons: "
+                         f"{top_reasons(manifest['failed_checks'])}); the {manifest['dropped_rows']} rows are in "
+                         f"{manifest['dropped_output']}. Loosen quality.* or set quality.filter=false to keep them")
+    raise InputError(f"generation produced no usable rows (every group failed: "
+                     f"{top_reasons(manifest.get('failure_reasons', {})) or 'no groups'}); see "
+                     f"{manifest['output']}/{io.MANIFEST}")
+
+
+def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: pa.Table | None = None,
+                   embedded: pa.Table | None = None, pool: Any = None) -> dict[str, Any]:
+    """`synalign generate`: groups (from a schedule, or embed + the central tracker) -> generator pool -> parts.
+
+    Resumable: rerun with the same output path and only the groups not yet written are generated. A running
+    `GeneratorPool` of the same model may be passed in to skip engine start-up; it is left running.
+    """
+    from synalign_ray.generation.ledger import GenerationLedger, dropped_location
+    from synalign_ray.generation.prompts import load_preset, prompt_fingerprint
+    from synalign_ray.models import check_llm
+
+    g = cfg.generation
+    preset = load_preset(g.preset, g.presets_file)
+    bounds = row_bounds(cfg, preset)
+    _warn_budgets(g, preset)
+    real = real if real is not None else io.read_real_rows(cfg.data, cfg.storage)
+    schedule = read_schedule(schedule_path, cfg) if schedule_path else None
+    if schedule is not None:
+        _check_schedule(schedule, real)
+    check_llm(g.model)
+    out = io.resolve(cfg.output.path, cfg.storage)
+    with RunFolder(out, cfg.storage).open(settings(cfg, schedule_path), cfg.output.overwrite, resume=True,
+                                          siblings=[dropped_location(out)]) as folder:
+        if folder.reused is not None:
+            check_generated_rows(folder.reused)
+            return folder.reused
+        texts = dict(zip(real.column(io.ROW_ID).to_pylist(), real.column(cfg.data.text_column).to_pylist()))
+        ledger = GenerationLedger(out, cfg.storage, row_check=row_checker(cfg, preset, bounds, texts.values()),
+                                  drop=cfg.quality.filter)
+        done = ledger.done_groups
+        t_start = time.monotonic()
+        timings: dict[str, float] = {}
+        with runtime.ray_session(cfg.resources) as ray:
+            tracker = None
+            if schedule is not None:
+                total = schedule.num_rows
+                batches = _schedule_batches(schedule.to_pylist(), g.groups_per_batch)
+            else:
+                tracker = _start_tracker(ray, cfg, real, embedded, timings)
+                total = ray.get(tracker.progress.remote())["groups_planned"]
+                batches = _tracker_batches(ray, tracker, g.groups_per_batch)
+            stats, pool_info = _generate(cfg, preset, pool, _groups(batches, texts, done), ledger, total,
+                                         len(done), timings)
+            selection = ray.get(tracker.progress.remote()) if tracker is not None else None
+
+        totals = ledger.totals()
+        parts, dropped_parts = totals.pop("parts"), totals.pop("dropped_parts")
+        io.write_manifest(ledger.dropped_loc, {"kind": "dropped", "of": out.url, "parts": dropped_parts,
+                                               "rows": totals["dropped_rows"],
+                                               "failed_checks": totals["failed_checks"]}, cfg.storage)
+        manifest = folder.finish(stamp({
+            "kind": "generated", "input": cfg.data.path, "schedule": schedule_path,
+            "parts": parts, "rows": totals["rows"], **totals, "dropped_output": ledger.dropped_loc.url,
+            "groups_total": total, "model": g.model, "model_path": pool_info["model_path"], "mode": g.mode,
+            "output_format": g.output_format, "preset": preset.name,
+            "prompt_hash": prompt_fingerprint(preset, g.mode, g.output_format, g.samples_per_summary,
+                                              g.sampling.max_tokens),
+            "pool": {"generators": g.num_generators, "batches_this_run": stats.batches,
+                     "busy_fraction": round(stats.busy_fraction, 4), "actor_replacements": stats.actor_replacements,
+                     "output_tokens_per_second": round(stats.completion_tokens / max(stats.wall_seconds, 1e-9), 1)},
+            "selection": selection, "timings": {k: round(v, 3) for k, v in timings.items()},
+            "seconds": round(time.monotonic() - t_start, 3)}, folder, cfg))
+    log.info("generated %d rows for %d group(s) in %.1f s -> %s (%d rows failed a quality check: %s)",
+             manifest["rows"], totals["groups_done"], manifest["seconds"], out.url, totals["dropped_rows"],
+             top_reasons(totals["failed_checks"]) or "none")
+    check_generated_rows(manifest)
+    return manifest
+
+
+def _generate(cfg: SynAlignConfig, preset, pool: Any, feed: Iterator[list], ledger, total: int, already: int,
+              timings: dict[str, float]):
+    """Run the feed through the generator pool (the caller's, or one started and stopped here), recording every
+    finished batch in the ledger with a progress line. Returns the pool's stats and its info."""
+    from synalign_ray.generation.pool import GeneratorPool
+
+    g = cfg.generation
+    own_pool = pool is None
+    if own_pool:
+        t0 = time.monotonic()
+        pool = GeneratorPool(g, cfg.resources.cache_dir)
+        timings["engine_start"] = time.monotonic() - t0
+    gen_t0 = time.monotonic()
+    log.info("generating for %d group(s) (%d already done), %s mode, preset %s", total, already, g.mode, preset.name)
+
+    def on_result(result) -> None:
+        entry = ledger.record(result.rows, result.group_ids, result.failures, result.tokens, result.seconds)
+        tot = ledger.totals()
+        out_tokens = sum(t["completion"] for t in tot["tokens"].values())
+        log.info("groups %d/%d, rows kept %d, failed a check %d, %.0f output tokens/s, failed groups %d, "
+                 "duplicates %d (batch %d: %d kept, %d dropped)", tot["groups_done"], total, tot["rows"],
+                 sum(tot["failed_checks"].values()), out_tokens / max(time.monotonic() - gen_t0, 1e-9),
+                 len(tot["failed_groups"]), tot["duplicates_removed"], entry["seq"], entry["rows"], entry["dropped"])
+
+    try:
+        stats = pool.run(feed, on_result, g, preset)
+        info = pool.info
+    finally:
+        if own_pool:
+            pool.shutdown()
+    timings["generate"] = time.monotonic() - gen_t0
+    return stats, info

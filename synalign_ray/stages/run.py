@@ -1,0 +1,137 @@
+"""`synalign run`: read -> embed -> tracker + generator pool -> embed generated -> align -> score -> report, each step
+in its own folder under output.path; a rerun skips the complete ones and resumes generation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from synalign_ray import io, runtime
+from synalign_ray.config import SynAlignConfig
+from synalign_ray.errors import InputError
+from synalign_ray.run_folder import RunFolder, settings_for
+from synalign_ray.stages.common import DROP_REASON, GENERATED_ID, stamp, top_reasons
+from synalign_ray.stages import embed
+from synalign_ray.stages.generate import check_generated_rows, generate_stage
+
+log = logging.getLogger(__name__)
+
+RUN_STAGES = ("embeddings", "generated", "generated_embeddings", "aligned")
+# Every section that shapes a run's rows; NOT_RESULTS keys inside them (resources, paths) are left out.
+SECTIONS = ("data", "embedding", "selection", "generation", "alignment", "quality", "output")
+
+StageConfig = Callable[[str], SynAlignConfig]
+
+
+def _embed_real(loc: io.Location, rows: pa.Table, cfg: SynAlignConfig) -> tuple[dict[str, Any], pa.Table]:
+    """The input rows embedded into the run's `embeddings` folder, or that folder when it is already complete."""
+    with RunFolder(loc, cfg.storage).open(settings_for(cfg, ("data", "embedding")), cfg.output.overwrite) as folder:
+        if folder.reused is not None:
+            return folder.reused, io.read_parts(loc, folder.reused)
+        embedded = embed.embed_rows(rows, cfg, cfg.data.text_column)
+        parts = folder.write_table(embedded, cfg.output.rows_per_part)
+        return folder.finish(stamp({"kind": "embeddings", "input": cfg.data.path, "model": cfg.embedding.model,
+                                    "dim": embedded.schema.field(io.EMBEDDING).type.list_size, "parts": parts,
+                                    "rows": embedded.num_rows, "columns": embedded.column_names}, folder, cfg)), \
+            embedded
+
+
+def _align_kept(loc: io.Location, cfg: SynAlignConfig, embedded: pa.Table, kept: pa.Table) -> dict[str, Any]:
+    """Align the kept generated rows toward the input rows into the run's `aligned` folder (or reuse it). The
+    generated rows carry generated_id (their id in generated_embeddings) and the input's column names."""
+    from synalign_ray.alignment.align import align
+
+    with RunFolder(loc, cfg.storage).open(settings_for(cfg, SECTIONS), cfg.output.overwrite) as folder:
+        if folder.reused is not None:
+            return folder.reused
+        names = {io.ROW_ID: GENERATED_ID, "text": cfg.data.text_column}
+        if cfg.data.label_column:
+            names["label"] = cfg.data.label_column
+        syn = kept.drop_columns([io.EMBEDDING, DROP_REASON])
+        syn = syn.rename_columns([names.get(c, c) for c in syn.column_names])
+        real_emb = io.embeddings_from_arrow(embedded.column(io.EMBEDDING))
+        return align(cfg, embedded.drop_columns([io.EMBEDDING]), real_emb, syn,
+                     io.embeddings_from_arrow(kept.column(io.EMBEDDING)), folder)
+
+
+def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
+    """`synalign run`: every stage writes its own folder with a manifest under output.path; running the same
+    command again skips completed stages and resumes generation from the last completed batch. `pool`: a running
+    GeneratorPool of the same model to reuse (tests share one engine per session)."""
+    from synalign_ray.generation.prompts import load_preset
+    from synalign_ray.models import check_llm
+
+    load_preset(cfg.generation.preset, cfg.generation.presets_file)
+    real = io.read_real_rows(cfg.data, cfg.storage)
+    check_llm(cfg.generation.model)
+    embed.check_embedding_model(cfg)
+    run_dir = io.resolve(cfg.output.path, cfg.storage)
+    with RunFolder(run_dir, cfg.storage).open(settings_for(cfg, SECTIONS), cfg.output.overwrite,
+                                              resume=True) as folder:
+        if folder.reused is not None:
+            return folder.reused
+
+        def stage_cfg(name: str) -> SynAlignConfig:
+            return cfg.model_copy(update={"output": cfg.output.model_copy(
+                update={"path": run_dir.join(name).url, "overwrite": False})})
+
+        return _run(cfg, folder, real, stage_cfg, pool)
+
+
+def _run(cfg: SynAlignConfig, folder: RunFolder, real: pa.Table, stage_cfg: StageConfig, pool: Any) -> dict[str, Any]:
+    from synalign_ray.pipeline import _generated_embeddings_stage, _score_run
+    from synalign_ray.report import write_report
+
+    run_dir = folder.loc
+    manifests: dict[str, dict[str, Any]] = {}
+    timings: dict[str, float] = {}
+    t_run = time.monotonic()
+
+    def timed(name: str, step: Callable[[], Any]) -> Any:
+        t0 = time.monotonic()
+        result = step()
+        timings[name] = time.monotonic() - t0
+        return result
+
+    with runtime.ray_session(cfg.resources):
+        manifests["embeddings"], embedded = timed("embed_real", lambda: _embed_real(
+            run_dir.join("embeddings"), real, stage_cfg("embeddings")))
+        manifests["generated"] = gen = timed("generate", lambda: generate_stage(
+            stage_cfg("generated"), real=real, embedded=embedded, pool=pool))
+        check_generated_rows(gen)
+        # Kept and dropped rows embedded; near-copies of input rows and label mismatches marked dropped.
+        manifests["generated_embeddings"], gen_embedded = timed("embed_generated", lambda: _generated_embeddings_stage(
+            run_dir, run_dir.join("generated"), gen, embedded, stage_cfg))
+        kept = gen_embedded.filter(pc.is_null(gen_embedded.column(DROP_REASON)))
+        if kept.num_rows == 0:
+            raise InputError(f"every generated row failed a quality check "
+                             f"({top_reasons(manifests['generated_embeddings']['failed_checks'])}); the rows are in "
+                             f"{run_dir.join('generated_embeddings').url}")
+        manifests["aligned"] = al = timed("align", lambda: _align_kept(
+            run_dir.join("aligned"), stage_cfg("aligned"), embedded, kept))
+        # What the rows are worth: every set scored against real rows the generator never saw.
+        quality = timed("quality", lambda: _score_run(cfg, embedded, gen_embedded,
+                                                      io.read_parts(run_dir.join("aligned"), al)))
+
+    manifest = stamp({
+        "kind": "run", "input": cfg.data.path,
+        "stages": {name: run_dir.join(name).url for name in RUN_STAGES},
+        "counts": {"real_rows": real.num_rows, "groups": gen["groups_done"], "failed_groups": len(gen["failed_groups"]),
+                   "generated_rows": gen["rows"] + gen.get("dropped_rows", 0),
+                   "duplicates_removed": gen["duplicates_removed"],
+                   "failed_checks": manifests["generated_embeddings"]["failed_checks"],
+                   "kept_rows": kept.num_rows,
+                   "aligned_rows": al["counts"]["rows"], "distinct_fraction": al["counts"]["distinct_fraction"]},
+        "tokens": gen["tokens"], "generator_busy_fraction": gen["pool"]["busy_fraction"],
+        "quality": quality, "metrics": al["metrics"], "fit": al.get("fit", {}),
+        "timings_this_invocation": {k: round(v, 3) for k, v in timings.items()},
+        "seconds_this_invocation": round(time.monotonic() - t_run, 3)}, folder, cfg)
+    manifest["report"] = write_report(run_dir, cfg, manifest)
+    folder.finish(manifest)
+    log.info("run complete: %d real rows -> %d generated -> %d aligned rows in %s", real.num_rows, gen["rows"],
+             al["counts"]["rows"], run_dir.url)
+    return manifest

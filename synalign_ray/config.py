@@ -90,6 +90,9 @@ class SelectionConfig(_Strict):
     engine: Literal["auto", "exact", "partitioned"] = Field(
         default="auto", description="auto: exact when its state fits max_state_gib, else partitioned")
     partition_rows: PositiveInt = Field(default=2000, description="most rows in one exact GP of the partitioned engine")
+    inducing_rows: NonNegativeInt = Field(default=256, description=(
+        "partitioned engine: seeded rows per scope unit whose Nyström features carry the kernel across partitions "
+        "(PIC); 0 drops the cross-partition effect"))
     max_state_gib: PositiveFloat = Field(default=4.0, description="budget for the GP state (float32 V), all GPs")
     seed: int = 0
 

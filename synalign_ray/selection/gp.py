@@ -102,10 +102,17 @@ class IncrementalGP:
     """
 
     def __init__(self, points: np.ndarray, kernel: Kernel, tau: float, noise: float, capacity: int = 0,
-                 sync_rows: int = SYNC_ROWS, growth: float = 2.0):
+                 sync_rows: int = SYNC_ROWS, growth: float = 2.0, features: np.ndarray | None = None):
+        """`features` (N × M, optional): the GP's kernel becomes the residual κ(a, b) − φ(a)·φ(b), prior variance
+        1 − ‖φ‖² (the block part of the partitioned engine's PIC prior, see partitions.py)."""
         if points.ndim != 2 or points.shape[0] == 0:
             raise ValueError(f"points must be a non-empty 2-D array, got shape {points.shape}")
         self.points = np.ascontiguousarray(points, dtype=np.float32)
+        self.features = None if features is None else np.ascontiguousarray(features, dtype=np.float32)
+        # prior variance per row: 1, or 1 − ‖φ‖² in float64 (φ from a Cholesky solve keeps ‖φ‖² ≤ 1 up to rounding)
+        self._prior = (np.ones(points.shape[0]) if features is None
+                       else np.maximum(1.0 - np.einsum("ij,ij->i", np.asarray(features, dtype=np.float64),
+                                                       np.asarray(features, dtype=np.float64)), 0.0))
         self.kernel: Kernel = kernel
         self.tau = float(tau)
         self.noise = float(noise)
@@ -119,6 +126,7 @@ class IncrementalGP:
         # inverse of their block among themselves (pending × pending, lower triangular); float64, both small.
         self._pending_l21 = np.zeros((0, 0))
         self._pending_inv = np.zeros((0, 0))
+        self._last_block: tuple[np.ndarray, np.ndarray] | None = None  # (L21, L22⁻¹) of a group added unpended
         # `capacity` observed rows are allocated up front (no regrowth copies when the caller knows its budget);
         # beyond it, capacity grows by the factor `growth`.
         self._observed = np.empty(capacity, dtype=np.int64)
@@ -140,7 +148,7 @@ class IncrementalGP:
     def variance(self) -> np.ndarray:
         """Posterior variance of the latent function at every row (float64, length N), exact, pending groups
         included. Reading it leaves the state as it was, so queries never change later results."""
-        variance = 1.0 - self._sum_sq
+        variance = self._prior - self._sum_sq
         if self._n_observed > self._n_synced:
             for start in range(0, variance.shape[0], VARIANCE_CHUNK):
                 rows = np.arange(start, min(start + VARIANCE_CHUNK, variance.shape[0]))
@@ -151,7 +159,7 @@ class IncrementalGP:
     def variance_at(self, rows: np.ndarray) -> np.ndarray:
         """Exact posterior variance at the points `rows` (float64), pending groups included."""
         rows = np.asarray(rows, dtype=np.int64)
-        variance = 1.0 - self._sum_sq[rows]
+        variance = self._prior[rows] - self._sum_sq[rows]
         if self._n_observed > self._n_synced:
             pending = self._pending_columns(rows)
             variance -= np.einsum("ij,ij->i", pending, pending)
@@ -185,12 +193,22 @@ class IncrementalGP:
         diff = self.points[near_row].astype(np.float64) - cols[near_col].astype(np.float64)
         sq[near_row, near_col] = np.einsum("ij,ij->i", diff, diff)
         np.maximum(sq, 0.0, out=sq)
-        return kernel_from_sq_dist(sq, self.kernel, self.tau, overwrite=True)
+        block = kernel_from_sq_dist(sq, self.kernel, self.tau, overwrite=True)
+        if self.features is not None:
+            block -= self.features @ self.features[group].T
+        return block
+
+    def _cross(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The GP's kernel between the points `rows` and `cols`, float64 (cross_kernel, less φ·φ with features)."""
+        block = cross_kernel(self.points[rows], self.points[cols], self.kernel, self.tau)
+        if self.features is not None:
+            block -= self.features[rows].astype(np.float64) @ self.features[cols].T.astype(np.float64)
+        return block
 
     def _pending_columns(self, rows: np.ndarray) -> np.ndarray:
         """Pending rows of V at the points `rows`, float64 (len(rows), pending)."""
         s, m = self._n_synced, self._n_observed
-        residual = cross_kernel(self.points[rows], self.points[self._observed[s:m]], self.kernel, self.tau)
+        residual = self._cross(rows, self._observed[s:m])
         if s:
             residual -= self._v_t[rows, :s].astype(np.float64) @ self._pending_l21.T
         return residual @ self._pending_inv.T
@@ -200,8 +218,7 @@ class IncrementalGP:
         group = np.asarray(group, dtype=np.int64)
         s, m, g = self._n_synced, self._n_observed, group.shape[0]
         self._reserve(m + g)
-        rows = self.points[group]
-        schur = cross_kernel(rows, rows, self.kernel, self.tau) + self.noise * np.eye(g)
+        schur = self._cross(group, group) + self.noise * np.eye(g)
         l21_synced = self._v_t[group, :s].astype(np.float64)
         l21_pending = self._pending_columns(group)
         schur -= l21_synced @ l21_synced.T + l21_pending @ l21_pending.T
@@ -209,6 +226,7 @@ class IncrementalGP:
         # such diagonal blocks: its inverse turns every later forward substitution into one product.
         l22_inv = np.linalg.inv(np.linalg.cholesky(schur))
         j = m - s
+        self._last_block = (l21_synced, l22_inv) if j == 0 else None
         inverse = np.zeros((j + g, j + g))
         inverse[:j, :j] = self._pending_inv
         inverse[j:, :j] = -l22_inv @ l21_pending @ self._pending_inv
@@ -219,6 +237,14 @@ class IncrementalGP:
         self._n_observed = m + g
         if self._n_observed - s >= self.sync_rows:
             self._sync()
+
+    def solve_last(self, rhs: np.ndarray, solved: np.ndarray) -> np.ndarray:
+        """The last group's rows of L⁻¹B for a right-hand side B: `rhs` its rows of B (|G| × M), `solved` L⁻¹B's rows
+        for the rows observed before it. Needs nothing pending before that group (so sync_rows = 1 always works)."""
+        if self._last_block is None:
+            raise ValueError("solve_last needs the last group added with nothing pending before it")
+        l21, l22_inv = self._last_block
+        return l22_inv @ (rhs - l21 @ solved) if solved.shape[0] else l22_inv @ rhs
 
     def _sync(self) -> None:
         """Write the pending groups' rows of V for every point: one product as wide as all of them together.
@@ -248,7 +274,7 @@ class IncrementalGP:
         the next bound falls below the best exact value less the tolerance.
         """
         candidates = np.asarray(candidates, dtype=np.int64)
-        bound = 1.0 - self._sum_sq[candidates]
+        bound = self._prior[candidates] - self._sum_sq[candidates]
         if weights is not None:
             bound *= weights
         if self._n_observed == self._n_synced:

@@ -1,7 +1,7 @@
-"""Exact GPs on partitions of the real rows: bounded-size partitions by balanced 2-means bisection, and the shard that
-holds some of them (their GPs, availability and neighbour search) for the selection tracker to coordinate.
+"""GPs on partitions of the real rows: bounded-size partitions by balanced 2-means bisection, and the shard that holds
+some of them (their GPs, availability and neighbour search) for the selection tracker to coordinate.
 
-Pure numpy; a shard is a plain class that a caller may wrap with `ray.remote` to spread partitions over actors.
+Pure numpy/scipy; a shard is a plain class that a caller may wrap with `ray.remote` to spread partitions over actors.
 """
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from scipy.linalg import solve_triangular
 
-from synalign_ray.selection.gp import IncrementalGP, Kernel
+from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, Kernel, cross_kernel
 
 LLOYD_ITERATIONS = 5  # 2-means steps per bisection: they only orient the cut, the median makes it balanced
 
@@ -45,13 +46,34 @@ def bisect_partitions(points: np.ndarray, rows: np.ndarray, max_rows: int, seed:
     return parts
 
 
+def inducing_features(points: np.ndarray, inducing: np.ndarray, kernel: Kernel, tau: float) -> np.ndarray:
+    """Nyström features φ(x) = L_Z⁻¹ κ(Z, x) of `points` for the inducing rows `inducing` (L_Z the Cholesky factor of
+    κ(Z, Z) + INDUCING_JITTER·I): φ(a)·φ(b) is the low-rank part Q of the kernel. float64 (len(points), |Z|)."""
+    chol = np.linalg.cholesky(cross_kernel(inducing, inducing, kernel, tau) + INDUCING_JITTER * np.eye(len(inducing)))
+    return cross_kernel(points, inducing, kernel, tau) @ solve_triangular(chol, np.eye(len(inducing)), lower=True).T
+
+
+INDUCING_JITTER = 1e-6  # on κ(Z, Z)'s diagonal: near-duplicate inducing rows would make it singular
+
+
 class _Partition:
-    """One exact GP over a partition's rows, the rows still available, and each label's rows within it."""
+    """One GP over a partition's rows, the rows still available, and each label's rows within it.
+
+    With `features` (PIC) the GP's kernel is the residual κ − φ·φ, and `h` = L⁻¹Φ_S (L the GP's Cholesky factor,
+    Φ_S the observed rows' features) grows by one block per group: the partition's share of the unit's global term.
+    """
 
     def __init__(self, rows: np.ndarray, points: np.ndarray, labels: np.ndarray, weights: np.ndarray | None,
-                 kernel: Kernel, tau: float, noise: float, capacity: int, sync_rows: int, growth: float):
+                 kernel: Kernel, tau: float, noise: float, capacity: int, sync_rows: int, growth: float,
+                 unit: int = 0, features: np.ndarray | None = None):
         self.rows = rows
-        self.gp = IncrementalGP(points, kernel, tau, noise, capacity=capacity, sync_rows=sync_rows, growth=growth)
+        self.unit = unit
+        self.gp = IncrementalGP(points, kernel, tau, noise, capacity=capacity,
+                                sync_rows=1 if features is not None else sync_rows, growth=growth, features=features)
+        self.h = None if features is None else np.zeros((0, features.shape[1]))
+        # With features: each row's variance when last evaluated, an upper bound on its current one (variances only
+        # fall); the prior variance of the PIC GP is 1.
+        self.bound = None if features is None else np.ones(rows.shape[0])
         self.available = np.ones(rows.shape[0], dtype=bool)
         self.weights = weights
         self.labels = labels
@@ -62,32 +84,100 @@ class _Partition:
 
 
 class PartitionShard:
-    """Holds some partitions of the real rows, each with its own exact IncrementalGP over its own rows only.
+    """Holds some partitions of the real rows, each with its own GP over its own rows.
 
-    A group observed in one partition lowers the variance there and nowhere else: the kernel's effect across
-    partitions is dropped (the approximation of the partitioned engine; with one partition per label it is exact).
-    `tops()` reports every partition's best anchor candidates per label; `add(pid, anchor)` forms the anchor's group
-    (its k most cosine-similar available rows of the same label in the same partition), observes it and reports that
-    partition's new candidates, so a coordinator makes one call per group and caches everything else.
+    Without inducing features, a group observed in one partition lowers the variance there and nowhere else: the
+    kernel's effect across partitions is dropped. With them (`features` per partition, Nyström features of the scope
+    unit's inducing rows) the GP is the exact posterior of the partitioned-inducing-conditional (PIC) prior
+    κ_PIC = Q + blockdiag(κ − Q), Q = Φ·Φ: exact within a partition, low rank across partitions. Given the global
+    weights w (f = φ·w + h, h independent per partition), the partitions are independent, so
 
-    Labels are plain strings (a single "" when the data is unlabelled); row positions are global throughout.
+        var(x) = ℓ(x) + a(x)ᵀ Λ⁻¹ a(x),  a(x) = φ(x) − hᵀ v(x),  Λ = I + Σ_partitions of the unit hᵀh,
+
+    ℓ and v the partition GP's variance and V column at x (residual kernel κ − φ·φ), h = L⁻¹Φ_S. Λ (M × M) is all a
+    partition needs from the others: a group adds hᵀh of its new block of h, which the coordinator passes to every
+    shard as `updates`. Variances only fall, so a stale candidate's score bounds its current one from above.
+
+    `tops()` reports every partition's best anchor candidates per label; `add(pid, anchor, updates)` forms the
+    anchor's group (its k most cosine-similar available rows of the same label in the same partition), observes it
+    and reports that partition's new candidates and new block of h; `refresh(pid, updates)` recomputes a partition's
+    candidates after other partitions' groups. Labels are plain strings (a single "" when the data is unlabelled);
+    row positions are global throughout.
     """
 
     def __init__(self, partitions: dict[int, dict[str, Any]], k: int, kernel: Kernel, tau: float, noise: float):
         """`partitions`: pid → {"rows", "points", "labels", "weights" (None for the max-variance rule), "capacity",
-        "sync_rows", "growth"} (the last three as IncrementalGP takes them)."""
+        "sync_rows", "growth" (the last three as IncrementalGP takes them), optionally "unit" and "features"}."""
         self.k = k
         self._parts = {pid: _Partition(p["rows"], p["points"], np.asarray(p["labels"]), p["weights"], kernel, tau,
-                                       noise, p["capacity"], p["sync_rows"], p["growth"])
+                                       noise, p["capacity"], p["sync_rows"], p["growth"], p.get("unit", 0),
+                                       p.get("features"))
                        for pid, p in partitions.items()}
+        # unit → [Λ, the inverse of its Cholesky factor or None when stale, blocks applied], for the units with
+        # inducing features
+        self._lam: dict[int, list] = {}
+        for part in self._parts.values():
+            if part.h is not None:
+                self._lam.setdefault(part.unit, [np.eye(part.h.shape[1]), None, 0])
 
     def state_bytes(self) -> int:
-        """Bytes allocated for the float32 V of all partitions held here."""
-        return sum(p.gp._v_t.nbytes for p in self._parts.values())
+        """Bytes allocated for the float32 V and features of all partitions held here."""
+        return sum(p.gp._v_t.nbytes + (0 if p.gp.features is None else p.gp.features.nbytes)
+                   for p in self._parts.values())
 
     def tops(self) -> dict[int, dict[str, tuple[float, np.ndarray, float]]]:
         """pid → label → (best score, global rows tied at it, largest variance), for every partition held."""
         return {pid: self._partition_tops(part) for pid, part in self._parts.items()}
+
+    def refresh(self, pid: int, updates: list[np.ndarray]) -> dict[str, tuple[float, np.ndarray, float]]:
+        """Partition `pid`'s `tops` entry after applying `updates` (new blocks of h from other partitions)."""
+        part = self._parts[pid]
+        self._apply(part.unit, updates)
+        return self._partition_tops(part)
+
+    def _apply(self, unit: int, blocks: list[np.ndarray]) -> None:
+        for block in blocks:
+            self._lam[unit][0] += block.T @ block
+            self._lam[unit][1] = None
+            self._lam[unit][2] += 1
+
+    def _variance(self, part: _Partition, local: np.ndarray) -> np.ndarray:
+        """Exact posterior variance at the partition's rows `local` (float64), the global term included."""
+        variance = part.gp.variance_at(local)
+        if part.h is None:
+            return variance
+        lam = self._lam[part.unit]
+        if lam[2] == 0:  # nothing observed in the unit yet: the prior, 1 (ℓ = 1 − ‖φ‖², a = φ, Λ = I)
+            return np.ones(local.shape[0])
+        if lam[1] is None:
+            # L_Λ⁻¹ once per version: each evaluation is then one product (rows × M × M) instead of a solve
+            lam[1] = solve_triangular(np.linalg.cholesky(lam[0]), np.eye(lam[0].shape[0]), lower=True)
+        a = part.gp.features[local].astype(np.float64)
+        if part.h.shape[0]:
+            a -= part.gp._v_t[local, :part.h.shape[0]].astype(np.float64) @ part.h
+        w = a @ lam[1].T
+        return variance + np.einsum("ij,ij->i", w, w)
+
+    def _lazy_top(self, part: _Partition, candidates: np.ndarray, weights: np.ndarray | None
+                  ) -> tuple[float, np.ndarray]:
+        """(largest exact score among `candidates`, the candidates within TIE_TOLERANCE of it), score = variance (×
+        `weights`): rows are evaluated in decreasing order of their bound, in chunks that double, until the next
+        bound falls below the best exact score less the tolerance (as IncrementalGP.top_variance)."""
+        bound = part.bound[candidates] if weights is None else part.bound[candidates] * weights
+        order = candidates[np.argsort(-bound, kind="stable")]
+        bound = np.sort(bound)[::-1]
+        best, done, chunk, near = -np.inf, 0, 16, []
+        while done < order.shape[0] and bound[done] >= best - TIE_TOLERANCE:
+            take = order[done:done + chunk]
+            variance = self._variance(part, take)
+            part.bound[take] = variance
+            score = variance if weights is None else variance * weights[np.searchsorted(candidates, take)]
+            best = max(best, float(score.max()))
+            near.append((take, score))
+            done += take.shape[0]
+            chunk *= 2
+        rows = np.concatenate([t[s >= best - TIE_TOLERANCE] for t, s in near])
+        return best, np.sort(rows)
 
     def _partition_tops(self, part: _Partition) -> dict[str, tuple[float, np.ndarray, float]]:
         """Per label with at least k+1 available rows here (fewer cannot form a group)."""
@@ -95,6 +185,15 @@ class PartitionShard:
         for label, local in part.label_local.items():
             candidates = local[part.available[local]]
             if candidates.shape[0] < self.k + 1:
+                continue
+            if part.h is not None:
+                if part.weights is None:
+                    best, tops = self._lazy_top(part, candidates, None)
+                    largest = best
+                else:
+                    best, tops = self._lazy_top(part, candidates, part.weights[candidates])
+                    largest = self._lazy_top(part, candidates, None)[0]
+                out[label] = (best, part.rows[tops], largest)
                 continue
             if part.weights is None:
                 best, tops = part.gp.top_variance(candidates)
@@ -105,17 +204,25 @@ class PartitionShard:
             out[label] = (best, part.rows[tops], largest)
         return out
 
-    def add(self, pid: int, anchor: int) -> tuple[np.ndarray, float, dict[str, tuple[float, np.ndarray, float]]]:
-        """Observe `anchor` (a global row of partition `pid`) with its k neighbours: (the group's global rows, the
-        anchor's variance before the group, the partition's new `tops` entry)."""
+    def add(self, pid: int, anchor: int, updates: list[np.ndarray] = ()) -> tuple[
+            np.ndarray, float, dict[str, tuple[float, np.ndarray, float]], np.ndarray | None]:
+        """Observe `anchor` (a global row of partition `pid`) with its k neighbours, after applying `updates` (as in
+        `refresh`): (the group's global rows, the anchor's variance before the group, the partition's new `tops`
+        entry, the group's new block of h for the unit's other partitions, or None without inducing features)."""
         part = self._parts[pid]
+        self._apply(part.unit, updates)
         local_anchor = int(np.searchsorted(part.rows, anchor))
         label = part.labels[local_anchor]
-        variance = float(part.gp.variance_at(np.array([local_anchor]))[0])
+        variance = float(self._variance(part, np.array([local_anchor]))[0])
         group = np.concatenate([[local_anchor], self._neighbours(part, label, local_anchor)]).astype(np.int64)
         part.gp.add(group)
         part.available[group] = False
-        return part.rows[group], variance, self._partition_tops(part)
+        block = None
+        if part.h is not None:
+            block = part.gp.solve_last(part.gp.features[group].astype(np.float64), part.h)
+            part.h = np.concatenate([part.h, block])
+            self._apply(part.unit, [block])
+        return part.rows[group], variance, self._partition_tops(part), block
 
     def _neighbours(self, part: _Partition, label: str, anchor: int) -> np.ndarray:
         """The k available rows of `label` in the partition most cosine-similar to `anchor`, ties in row order."""

@@ -16,7 +16,7 @@ from synalign_ray.config import SelectionConfig
 from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.selection.gp import (SYNC_ROWS, TIE_TOLERANCE, VARIANCE_CHUNK, kernel_from_sq_dist,
                                        median_pairwise_distance)
-from synalign_ray.selection.partitions import PartitionShard, bisect_partitions
+from synalign_ray.selection.partitions import PartitionShard, bisect_partitions, inducing_features
 
 log = logging.getLogger(__name__)
 
@@ -147,13 +147,16 @@ def density_weights(unit: np.ndarray, rows: np.ndarray, kernel: str, tau: float,
     return density ** DENSITY_POWER
 
 
-def state_bytes_needed(unit_rows: list[int], unit_selected: list[int], engine: str, partition_rows: int) -> int:
-    """Bytes of float32 V for these scope units (rows, planned selected rows each): exact n·|S| per unit; partitioned
-    Σ_p n_p·|S_p| ≤ min(n, partition_rows)·|S| (each partition holds ≤ partition_rows rows, Σ_p |S_p| = |S|), times
-    PARTITION_GROWTH for the room a growing partition allocates ahead."""
+def state_bytes_needed(unit_rows: list[int], unit_selected: list[int], engine: str, partition_rows: int,
+                       inducing_rows: int = 0) -> int:
+    """Bytes of float32 state for these scope units (rows, planned selected rows each): exact n·|S| per unit;
+    partitioned Σ_p n_p·|S_p| ≤ min(n, partition_rows)·|S| of V (each partition holds ≤ partition_rows rows,
+    Σ_p |S_p| = |S|), times PARTITION_GROWTH for the room a growing partition allocates ahead, plus n·M of inducing
+    features for a unit cut into partitions (M = min(inducing_rows, n))."""
     if engine == "exact":
         return 4 * sum(n * m for n, m in zip(unit_rows, unit_selected))
-    return math.ceil(4 * PARTITION_GROWTH * sum(min(n, partition_rows) * m for n, m in zip(unit_rows, unit_selected)))
+    v = math.ceil(4 * PARTITION_GROWTH * sum(min(n, partition_rows) * m for n, m in zip(unit_rows, unit_selected)))
+    return v + 4 * sum(n * min(inducing_rows, n) for n in unit_rows if n > partition_rows)
 
 
 def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: list[int]) -> str:
@@ -162,11 +165,12 @@ def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: li
     budget = int(cfg.max_state_gib * 2**30)
     exact = state_bytes_needed(unit_rows, unit_selected, "exact", cfg.partition_rows)
     engine = cfg.engine if cfg.engine != "auto" else ("exact" if exact <= budget else "partitioned")
-    needed = state_bytes_needed(unit_rows, unit_selected, engine, cfg.partition_rows)
+    needed = state_bytes_needed(unit_rows, unit_selected, engine, cfg.partition_rows, cfg.inducing_rows)
     if needed > budget:
         scope = f"{len(unit_rows)} GP scope unit(s), {sum(unit_rows):,} rows, {sum(unit_selected):,} rows selected"
         formula = ("4 B × Σ n·|S|" if engine == "exact"
-                   else f"{PARTITION_GROWTH} × 4 B × Σ min(n, partition_rows={cfg.partition_rows})·|S|")
+                   else f"{PARTITION_GROWTH} × 4 B × Σ min(n, partition_rows={cfg.partition_rows})·|S| + 4 B × Σ "
+                        f"n·min(inducing_rows={cfg.inducing_rows}, n)")
         raise ConfigError(f"selection.engine={engine} needs {needed:,} B = {needed / 2**30:.2f} GiB of GP state "
                           f"({formula}; {scope}) but selection.max_state_gib is {cfg.max_state_gib:g} GiB = "
                           f"{budget:,} B: raise it, lower "
@@ -186,12 +190,14 @@ class SelectionTracker:
 
     GP state: `gp_scope: per_label` keeps one GP per label (a group lowers only its own label's variances, the rows
     its prompts saw); `shared` one over all rows. `engine: exact` holds each scope unit in one IncrementalGP;
-    `partitioned` cuts units of more than `partition_rows` rows into partitions (bisect_partitions), each an exact GP
-    over its own rows, and draws neighbours from the anchor's partition. The kernel's effect across partitions is
-    dropped: a group lowers variances in its own partition only. The partitions live in `num_shards` shards built by
-    `make_shard` (PartitionShard by default, in this process; a caller may pass a factory that builds Ray actors);
-    this class is the coordinator: it caches every partition's best candidates and, per group, calls only the shard
-    holding the anchor's partition.
+    `partitioned` cuts units of more than `partition_rows` rows into partitions (bisect_partitions), each a GP over
+    its own rows, and draws neighbours from the anchor's partition. Across partitions the kernel acts through the
+    Nyström features of `inducing_rows` seeded rows of the unit (the PIC prior, see PartitionShard), or not at all
+    with inducing_rows 0 (a group then lowers variances in its own partition only). The partitions live in
+    `num_shards` shards built by `make_shard` (PartitionShard by default, in this process; a caller may pass a factory
+    that builds Ray actors); this class is the coordinator: it caches every partition's best candidates, per group
+    calls the shard holding the anchor's partition, and passes each group's new block of h to the unit's other
+    shards with their next call.
     """
 
     def __init__(self, embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
@@ -224,9 +230,14 @@ class SelectionTracker:
             for l, rows in label_rows.items():
                 weights[rows] = density_weights(unit, rows, cfg.kernel, self.tau, cfg.seed)
         partitions = []
-        for rows, selected in zip(unit_rows, unit_selected):
+        for unit_id, (rows, selected) in enumerate(zip(unit_rows, unit_selected)):
             parts = ([rows] if self.engine == "exact"
                      else bisect_partitions(unit, rows, cfg.partition_rows, cfg.seed))
+            inducing = None
+            if len(parts) > 1 and cfg.inducing_rows:
+                pick = np.random.default_rng(cfg.seed).choice(rows.shape[0], size=min(cfg.inducing_rows, len(rows)),
+                                                              replace=False)
+                inducing = unit[rows[np.sort(pick)]]
             for part in parts:
                 # An exact unit's V holds its planned rows; a partition's starts at its share and grows if its
                 # region draws more groups.
@@ -235,7 +246,9 @@ class SelectionTracker:
                 partitions.append({"rows": part, "points": unit[part], "labels": label_arr[part].astype(str),
                                    "weights": None if weights is None else weights[part], "capacity": capacity,
                                    "sync_rows": SYNC_ROWS if len(parts) == 1 else PARTITION_SYNC_ROWS,
-                                   "growth": PARTITION_GROWTH})
+                                   "growth": PARTITION_GROWTH, "unit": unit_id,
+                                   "features": None if inducing is None else inducing_features(
+                                       unit[part], inducing, cfg.kernel, self.tau).astype(np.float32)})
         del unit
         self.n_partitions = len(partitions)
         by_shard = [{pid: p for pid, p in enumerate(partitions) if pid % num_shards == s} for s in range(num_shards)]
@@ -243,12 +256,21 @@ class SelectionTracker:
                         for parts in by_shard]
         # label → pid → (best score, tied global rows, largest variance): every partition's candidates, refreshed
         # only for the partition that just received a group.
-        self._tops: dict[str, dict[int, tuple[float, np.ndarray, float]]] = {l: {} for l in label_rows}
+        # label → pid → (best score, tied global rows, largest variance, the unit's version it was computed at);
+        # refreshed for the partition that just received a group, and (inducing features) lazily for the others.
+        self._tops: dict[str, dict[int, tuple[float, np.ndarray, float, int]]] = {l: {} for l in label_rows}
         self._part_labels = {pid: set(p["labels"]) for pid, p in enumerate(partitions)}
+        self._part_unit = {pid: p["unit"] for pid, p in enumerate(partitions)}
+        # Per unit with inducing features: the new blocks of h in order (its version is their count), the offset of
+        # the first one kept, and per shard how many it has applied; blocks every shard has applied are dropped.
+        self._blocks: dict[int, list[np.ndarray]] = {u: [] for u in range(len(units))}
+        self._version = {u: 0 for u in range(len(units))}
+        self._applied = [{u: 0 for u in range(len(units))} for _ in self._shards]
+        self._unit_shards = {u: {pid % num_shards for pid, p in enumerate(partitions) if p["unit"] == u}
+                             for u in range(len(units))}
         for shard in self._shards:
             for pid, tops in shard.tops().items():
-                for l, entry in tops.items():
-                    self._tops[l][pid] = entry
+                self._store_tops(pid, tops)
         self._issued_per_label = {l: 0 for l in label_rows}
         self._active = [l for l in label_rows if self._quota[l] > 0]
         self._issued: list[np.ndarray] = []
@@ -269,15 +291,52 @@ class SelectionTracker:
             if record is None or list(self._issued[-1]) != list(expected):
                 raise InputError(f"selection checkpoint diverges from these inputs at group {i}")
 
+    def _store_tops(self, pid: int, tops: dict) -> None:
+        version = self._version[self._part_unit[pid]]
+        for l in self._part_labels[pid]:
+            if l in tops:
+                self._tops[l][pid] = (*tops[l], version)
+            else:
+                self._tops[l].pop(pid, None)
+
+    def _updates(self, shard: int, unit: int) -> list[np.ndarray]:
+        """The unit's blocks of h shard `shard` has not applied yet (marked applied); fully applied ones dropped."""
+        base = self._version[unit] - len(self._blocks[unit])
+        out = self._blocks[unit][self._applied[shard][unit] - base:]
+        self._applied[shard][unit] = self._version[unit]
+        done = min(self._applied[s][unit] for s in self._unit_shards[unit]) - base
+        del self._blocks[unit][:done]
+        return out
+
+    def _fresh(self, pid: int, entry: tuple) -> bool:
+        return entry[3] == self._version[self._part_unit[pid]]
+
+    def _refresh(self, pid: int) -> None:
+        shard = pid % len(self._shards)
+        self._store_tops(pid, self._shards[shard].refresh(pid, self._updates(shard, self._part_unit[pid])))
+
     def _label_top(self, label) -> tuple[np.ndarray, np.ndarray] | None:
         """(candidate anchors tied at the label's best score, the partition of each), or None once its quota is
-        spent, no partition can form a group, or its largest variance is below the stop level."""
+        spent, no partition can form a group, or its largest variance is below the stop level.
+
+        A stale entry (its unit observed groups elsewhere since) bounds its partition from above: the stale entries
+        that could hold the largest variance or the best score, ties included, are refreshed first (lazily)."""
         entries = self._tops[label]
-        if self._issued_per_label[label] >= self._quota[label] or not entries:
+        if self._issued_per_label[label] >= self._quota[label]:
             return None
-        if max(e[2] for e in entries.values()) < self.stop_variance:
-            return None
-        best = max(e[0] for e in entries.values())
+        while True:
+            above = {pid: e for pid, e in entries.items() if e[2] >= self.stop_variance}
+            if not above:
+                return None
+            if any(self._fresh(pid, e) for pid, e in above.items()):
+                break
+            self._refresh(max(above, key=lambda pid: (above[pid][2], -pid)))
+        while True:
+            best = max(e[0] for pid, e in entries.items() if self._fresh(pid, e))
+            stale = [pid for pid, e in entries.items() if e[0] >= best - TIE_TOLERANCE and not self._fresh(pid, e)]
+            if not stale:
+                break
+            self._refresh(max(stale, key=lambda pid: (entries[pid][0], -pid)))
         tied = [(pid, e[1]) for pid, e in entries.items() if e[0] >= best - TIE_TOLERANCE]
         return (np.concatenate([rows for _, rows in tied]),
                 np.concatenate([np.full(rows.shape[0], pid) for pid, rows in tied]))
@@ -299,12 +358,13 @@ class SelectionTracker:
         label, (tied, pids) = turn
         pick = int(np.argmin(self._rank[tied]))
         pid = int(pids[pick])
-        group, variance, tops = self._shards[pid % len(self._shards)].add(pid, int(tied[pick]))
-        for l in self._part_labels[pid]:
-            if l in tops:
-                self._tops[l][pid] = tops[l]
-            else:
-                self._tops[l].pop(pid, None)
+        shard, unit = pid % len(self._shards), self._part_unit[pid]
+        group, variance, tops, block = self._shards[shard].add(pid, int(tied[pick]), self._updates(shard, unit))
+        if block is not None:
+            self._blocks[unit].append(block)
+            self._version[unit] += 1
+            self._applied[shard][unit] = self._version[unit]
+        self._store_tops(pid, tops)
         self._issued_per_label[label] += 1
         self._issued.append(np.asarray(group, dtype=np.int64))
         self._variances.append(variance)
@@ -334,8 +394,9 @@ class SelectionTracker:
         return out
 
     def progress(self) -> dict:
-        """Groups issued and planned; the largest variance among rows that can still anchor a group (any label),
-        the stop level, the engine and its partitions, and the labels skipped as too small (label → rows)."""
+        """Groups issued and planned; the largest variance among rows that can still anchor a group (any label; with
+        inducing features an upper bound, from partitions not refreshed since other partitions' groups), the stop
+        level, the engine and its partitions, and the labels skipped as too small (label → rows)."""
         largest = [e[2] for entries in self._tops.values() for e in entries.values()]
         return {
             "groups_issued": len(self._issued),

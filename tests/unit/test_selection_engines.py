@@ -11,9 +11,10 @@ from synalign_ray.config import SelectionConfig, build_config
 from synalign_ray.errors import ConfigError
 from synalign_ray.metrics import knn_radii, knn_radius_coverage
 from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, cross_kernel
-from synalign_ray.selection.partitions import bisect_partitions
+from synalign_ray.selection.partitions import INDUCING_JITTER, bisect_partitions
 from synalign_ray.selection.schedule import build_schedule
-from synalign_ray.selection.tracker import DENSITY_BANDWIDTH, DENSITY_POWER, SelectionTracker, resolve_engine
+from synalign_ray.selection.tracker import (DENSITY_BANDWIDTH, DENSITY_POWER, SelectionTracker, resolve_engine,
+                                           state_bytes_needed)
 
 N_ROWS = 1200
 TAU = 0.6
@@ -54,7 +55,7 @@ def test_one_partition_gives_the_exact_schedule(agnews, scope, same_schedule):
 
 def test_partitioned_schedule_equals_independent_exact_gps_per_partition(agnews):
     emb, labels, ids = agnews
-    config = cfg(engine="partitioned", partition_rows=120, max_groups=24)
+    config = cfg(engine="partitioned", partition_rows=120, max_groups=24, inducing_rows=0)
     tracker = SelectionTracker(emb, labels, ids, config)
     assert tracker.engine == "partitioned" and tracker.n_partitions > 8
     label_arr = np.asarray(labels)
@@ -154,8 +155,11 @@ def test_state_budget_chooses_the_engine_and_refuses_with_the_arithmetic(agnews)
     emb, labels, ids = agnews
     # per label: 4 labels × ~300 rows × 40 selected rows × 4 B ≈ 0.19 MB exact
     small = 0.1 / 1024
-    auto = SelectionTracker(emb, labels, ids, cfg(max_state_gib=small, partition_rows=100))
+    auto = SelectionTracker(emb, labels, ids, cfg(max_state_gib=small, partition_rows=100, inducing_rows=0))
     assert auto.engine == "partitioned" and auto.progress()["engine"] == "partitioned"
+    # inducing features add n·M floats for each unit cut into partitions (M ≤ n), none for a unit in one partition
+    assert state_bytes_needed([3000, 500], [400, 50], "partitioned", 1000, 256) == (
+        4 * 1.25 * (1000 * 400 + 500 * 50) + 4 * 3000 * 256)
     assert SelectionTracker(emb, labels, ids, cfg()).engine == "exact"
     with pytest.raises(ConfigError, match=r"exact needs 192,000 B = 0.00 GiB .*4 GP scope unit.*"
                                           r"max_state_gib is 9.76563e-05 GiB = 104,857 B"):
@@ -189,3 +193,72 @@ def test_unlabelled_rows_partition_too(agnews):
     assert tracker.n_partitions == len(parts) == 4 and len(groups) == 10
     assert all(g["label"] is None and len({part_of[d] for d in g["demo_row_ids"]}) == 1 for g in groups)
     assert tracker.progress()["labels_skipped"] == {}
+
+
+def pic_variance(points: np.ndarray, parts: list[np.ndarray], observed: np.ndarray, inducing: np.ndarray,
+                 noise: float) -> np.ndarray:
+    """Exact GP posterior variance under the PIC prior from scratch (float64, dense): κ within a partition, the
+    Nyström Q = κ_xZ (κ_ZZ + jitter)⁻¹ κ_Zx across partitions."""
+    k = cross_kernel(points, points, "exponential", TAU)
+    k_xz = cross_kernel(points, inducing, "exponential", TAU)
+    q = k_xz @ np.linalg.solve(cross_kernel(inducing, inducing, "exponential", TAU)
+                               + INDUCING_JITTER * np.eye(len(inducing)), k_xz.T)
+    part_of = np.empty(len(points), dtype=np.int64)
+    for pid, p in enumerate(parts):
+        part_of[p] = pid
+    prior = np.where(part_of[:, None] == part_of[None, :], k, q)
+    if len(observed) == 0:
+        return np.diag(prior).copy()
+    k_so = prior[:, observed]
+    return np.diag(prior) - np.einsum("ij,ji->i", k_so, np.linalg.solve(prior[np.ix_(observed, observed)]
+                                                                          + noise * np.eye(len(observed)), k_so.T))
+
+
+@pytest.mark.parametrize("rule", ["max_variance", "density_weighted"])
+def test_pic_engine_anchors_are_the_argmax_of_the_dense_pic_posterior(agnews, rule):
+    # unlabelled 600 rows, 4 partitions of 150, 40 inducing rows: every anchor and its variance against the PIC
+    # GP recomputed from scratch after every group (only the lazy refreshes and the incremental state differ)
+    emb, _, _ = agnews
+    points, ids = emb[:600] / np.linalg.norm(emb[:600], axis=1, keepdims=True), np.arange(600)
+    config = cfg(engine="partitioned", partition_rows=150, inducing_rows=40, max_groups=30, rule=rule)
+    tracker = SelectionTracker(points, None, ids, config)
+    parts = bisect_partitions(points, ids, 150, 0)
+    inducing = points[np.sort(np.random.default_rng(0).choice(600, size=40, replace=False))]
+    weights = np.ones(600)
+    if rule == "density_weighted":  # the tracker's static density weights (tested against their formula above)
+        for part in tracker._shards[0]._parts.values():
+            weights[part.rows] = part.weights
+    assert tracker.n_partitions == len(parts) == 4
+    observed, issued = [], np.zeros(600, dtype=bool)
+    for record in tracker.next_groups(100):
+        variance = pic_variance(points, parts, np.asarray(observed, dtype=np.int64), inducing, 1.0)
+        score = np.where(issued, -np.inf, variance * weights)
+        anchor = record["anchor_row_id"]
+        assert score[anchor] >= score.max() - 1e-5
+        assert record["variance_at_selection"] == pytest.approx(variance[anchor], abs=1e-5)
+        observed.extend(record["demo_row_ids"])
+        issued[record["demo_row_ids"]] = True
+    assert len(observed) == 300
+
+
+def test_pic_with_every_row_inducing_is_the_exact_gp(agnews):
+    # Q = κ when Z holds every row of the unit: the PIC prior is the exact kernel, so after the PIC schedule's groups
+    # every partition's variances are the exact GP's over the label's rows given the same observed rows
+    emb, labels, ids = agnews
+    points = emb[:400] / np.linalg.norm(emb[:400], axis=1, keepdims=True)
+    labels = np.asarray(labels[:400])
+    tracker = SelectionTracker(points, labels.tolist(), ids[:400],
+                               cfg(engine="partitioned", partition_rows=60, inducing_rows=400, max_groups=12))
+    records = tracker.next_groups(100)
+    assert tracker.n_partitions > 4 and len(records) == 12
+    for label in set(labels):
+        rows = np.flatnonzero(labels == label)
+        observed = np.searchsorted(rows, [d for r in records if r["label"] == label for d in r["demo_row_ids"]])
+        k_so = cross_kernel(points[rows], points[rows[observed]], "exponential", TAU)
+        exact = 1.0 - np.einsum("ij,ji->i", k_so, np.linalg.solve(k_so[observed] + np.eye(len(observed)), k_so.T))
+        for shard in tracker._shards:
+            for part in shard._parts.values():
+                if part.labels[0] == label:
+                    local = np.arange(part.rows.shape[0])
+                    np.testing.assert_allclose(shard._variance(part, local), exact[np.searchsorted(rows, part.rows)],
+                                               atol=1e-5)

@@ -67,12 +67,13 @@ def _cmd_select(args: argparse.Namespace) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
+    from synalign_ray.generation.prompts import STAGES
+
     manifest = api.generate(_config(args), input=args.input, schedule=args.schedule, **_paths(args))
-    tokens = manifest["tokens"]
+    tokens = ", ".join(f"{stage} {manifest['tokens'][stage]['completion']}" for stage in STAGES)
     print(f"generated {manifest['rows']} rows for {manifest['groups_done']}/{manifest['groups_total']} groups "
           f"({len(manifest['failed_groups'])} failed, {manifest['duplicates_removed']} duplicates removed; "
-          f"output tokens stage1 {tokens['stage1']['completion']}, stage2 {tokens['stage2']['completion']}) "
-          f"-> {manifest['output']}")
+          f"output tokens {tokens}) -> {manifest['output']}")
 
 
 def _cmd_align(args: argparse.Namespace) -> None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from synalign_ray import io
 from synalign_ray.config import StorageConfig
-from synalign_ray.generation.prompts import normalise_text
+from synalign_ray.generation.prompts import STAGES, normalise_text
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class GenerationLedger:
         return entry
 
     def totals(self) -> dict[str, Any]:
-        tokens = {s: {"prompt": 0, "completion": 0} for s in ("stage1", "stage2")}
+        tokens = {s: {"prompt": 0, "completion": 0} for s in STAGES}
         failure_reasons: dict[str, int] = {}
         failed_checks: dict[str, int] = {}
         for e in self.entries:

@@ -11,7 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -28,7 +28,6 @@ class Preset:
     sample_noun: str
     attributes: tuple[str, ...]
     label_meanings: dict[str, str] = field(default_factory=dict)
-    samples_per_summary: int | None = None
     instructions: tuple[str, ...] = ()
     max_sample_chars: int = 300  # longest sample the stage-2 schema admits; near the real data's 99th percentile
 
@@ -90,8 +89,10 @@ PRESETS: dict[str, Preset] = {
 def _preset_from_mapping(name: str, spec: Any, where: str) -> Preset:
     if not isinstance(spec, dict):
         raise ConfigError(f"preset '{name}' in {where} must be a mapping")
-    allowed = {"description", "sample_noun", "attributes", "label_meanings", "samples_per_summary", "instructions",
-               "max_sample_chars"}
+    allowed = {"description", "sample_noun", "attributes", "label_meanings", "instructions", "max_sample_chars"}
+    if "samples_per_summary" in spec:
+        raise ConfigError(f"preset '{name}' in {where}: samples_per_summary is a run setting, not a preset's: set "
+                          "generation.samples_per_summary")
     unknown = set(spec) - allowed
     if unknown:
         raise ConfigError(f"preset '{name}' in {where}: unknown key(s) {sorted(unknown)}")
@@ -100,9 +101,6 @@ def _preset_from_mapping(name: str, spec: Any, where: str) -> Preset:
         raise ConfigError(f"preset '{name}' in {where} needs a non-empty list of attributes")
     if not isinstance(spec.get("description"), str) or not spec["description"].strip():
         raise ConfigError(f"preset '{name}' in {where} needs a description")
-    n = spec.get("samples_per_summary")
-    if n is not None and (not isinstance(n, int) or n <= 0):
-        raise ConfigError(f"preset '{name}' in {where}: samples_per_summary must be a positive integer")
     max_chars = spec.get("max_sample_chars", Preset.max_sample_chars)
     if not isinstance(max_chars, int) or isinstance(max_chars, bool) or max_chars <= 0:
         raise ConfigError(f"preset '{name}' in {where}: max_sample_chars must be a positive integer")
@@ -112,7 +110,7 @@ def _preset_from_mapping(name: str, spec: Any, where: str) -> Preset:
     return Preset(name=name, description=spec["description"].strip(),
                   sample_noun=str(spec.get("sample_noun", "sample")), attributes=tuple(attrs),
                   label_meanings={str(k): str(v) for k, v in (spec.get("label_meanings") or {}).items()},
-                  samples_per_summary=n, instructions=tuple(spec.get("instructions") or ()),
+                  instructions=tuple(spec.get("instructions") or ()),
                   max_sample_chars=max_chars)
 
 
@@ -367,8 +365,33 @@ def parse_samples_text(texts: list[str], finish_reasons: list[str | None]) -> li
 
 
 # -------------------------------------------------------------------------------------- modes and formats
-# Which stages a mode runs, and each stage's prompt and parser per output format: the worker reads only these.
-MODE_STAGES = {"two_stage": ("stage1", "stage2"), "one_stage": ("stage2",), "simprompt": ("stage2",)}
+# The mode table: what each mode sends, and so which stages it runs. The worker, the ledger, the prompt fingerprint
+# and the CLI read stage names and modes from here only; a new mode is one entry (and its JSON messages).
+SUMMARY_STAGE = "stage1"  # attribute summarisation (paper Figure 6)
+SAMPLE_STAGE = "stage2"   # sample writing (Figure 7, or the comparison modes' prompt)
+STAGES = (SUMMARY_STAGE, SAMPLE_STAGE)
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One generation mode: whether a summary stage runs first and feeds the samples, whether the sample prompt
+    shows the demonstrations, and its JSON-format messages (preset, texts, summary, label, n)."""
+
+    summarise: bool
+    shows_demonstrations: bool
+    json_messages: Callable[[Preset, list[str], dict[str, str] | None, str | None, int], Messages]
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return (SUMMARY_STAGE, SAMPLE_STAGE) if self.summarise else (SAMPLE_STAGE,)
+
+
+MODES: dict[str, Mode] = {
+    "two_stage": Mode(True, True, lambda p, texts, summary, label, n: stage2_messages(p, summary or {}, label, n)),
+    "one_stage": Mode(False, True, lambda p, texts, summary, label, n: one_stage_messages(p, texts, label, n)),
+    "simprompt": Mode(False, False, lambda p, texts, summary, label, n: simprompt_messages(p, label, n)),
+}
+MODE_STAGES = {name: mode.stages for name, mode in MODES.items()}
 
 
 def stage1_prompt(preset: Preset, texts: list[str], label: str | None, fmt: str, budgets: CharBudgets) -> Prompt:
@@ -381,16 +404,10 @@ def stage2_prompt(preset: Preset, mode: str, fmt: str, n: int, budgets: CharBudg
                   label: str | None, summary: dict[str, str] | None = None) -> Prompt:
     """The prompt that writes samples: from the summary (two_stage), the demonstrations (one_stage) or the label
     alone (simprompt)."""
+    m = MODES[mode]
     if fmt == "text":
-        return stage2_text(preset, summary if mode == "two_stage" else None,
-                           texts if mode != "simprompt" else [], label, n)
-    if mode == "two_stage":
-        messages = stage2_messages(preset, summary or {}, label, n)
-    elif mode == "one_stage":
-        messages = one_stage_messages(preset, texts, label, n)
-    else:
-        messages = simprompt_messages(preset, label, n)
-    return Prompt(messages, schema=samples_schema(n, budgets.sample))
+        return stage2_text(preset, summary if m.summarise else None, texts if m.shows_demonstrations else [], label, n)
+    return Prompt(m.json_messages(preset, texts, summary, label, n), schema=samples_schema(n, budgets.sample))
 
 
 def parse_stage1(preset: Preset, fmt: str, texts: list[str], finish_reasons: list[str | None]) -> dict[str, str]:
@@ -410,7 +427,7 @@ def prompt_fingerprint(preset: Preset, mode: str, fmt: str, n: int, max_tokens: 
     can be compared."""
     budgets = char_budgets(preset, n, max_tokens)
     probe = [stage2_prompt(preset, mode, fmt, n, budgets, ["<x>"], "<y>", {"a": "<s>"}), mode, fmt]
-    if "stage1" in MODE_STAGES[mode]:
+    if SUMMARY_STAGE in MODE_STAGES[mode]:
         probe.append(stage1_prompt(preset, ["<x>"], "<y>", fmt, budgets))
     return hashlib.sha256(json.dumps(probe, sort_keys=True, default=lambda p: p.__dict__).encode()).hexdigest()[:16]
 

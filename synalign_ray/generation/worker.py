@@ -105,19 +105,22 @@ class Generator:
     def generate(self, groups: list[Group], cfg: GenerationConfig, preset: P.Preset) -> BatchResult:
         t0 = time.monotonic()
         n, mode, fmt = cfg.samples_per_summary, cfg.mode, cfg.output_format
-        tokens = {s: {"prompt": 0, "completion": 0} for s in ("stage1", "stage2")}
+        tokens = {s: {"prompt": 0, "completion": 0} for s in P.STAGES}
         failures: list[dict[str, Any]] = []
         group_tokens = {g.group_id: [0, 0] for g in groups}
         budgets = P.char_budgets(preset, n, cfg.sampling.max_tokens)
         summaries: dict[int, dict[str, str]] = {}
-        if "stage1" in P.MODE_STAGES[mode]:
+        stages = P.MODE_STAGES[mode]
+        if P.SUMMARY_STAGE in stages:
+            prompts = {g.group_id: P.stage1_prompt(preset, g.texts, g.label, fmt, budgets) for g in groups}
             summaries = self._run_stage(
-                cfg, "stage1", {g.group_id: P.stage1_prompt(preset, g.texts, g.label, fmt, budgets) for g in groups},
+                cfg, P.SUMMARY_STAGE, prompts,
                 lambda texts, finishes: P.parse_stage1(preset, fmt, texts, finishes), tokens, failures, group_tokens)
-        writers = [g for g in groups if "stage1" not in P.MODE_STAGES[mode] or g.group_id in summaries]
+        writers = [g for g in groups if P.SUMMARY_STAGE not in stages or g.group_id in summaries]
+        prompts = {g.group_id: P.stage2_prompt(preset, mode, fmt, n, budgets, g.texts, g.label,
+                                               summaries.get(g.group_id)) for g in writers}
         samples = self._run_stage(
-            cfg, "stage2", {g.group_id: P.stage2_prompt(preset, mode, fmt, n, budgets, g.texts, g.label,
-                                                         summaries.get(g.group_id)) for g in writers},
+            cfg, P.SAMPLE_STAGE, prompts,
             lambda texts, finishes: P.parse_stage2(fmt, n, texts, finishes), tokens, failures, group_tokens)
 
         rows: list[dict[str, Any]] = []

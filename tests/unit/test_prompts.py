@@ -107,11 +107,15 @@ def test_parse_summary_rejects_missing_or_empty_attributes():
 def test_user_presets_from_yaml(tmp_path):
     f = tmp_path / "presets.yaml"
     f.write_text("tickets:\n  description: customer support tickets\n  sample_noun: ticket\n"
-                 "  attributes: [product, urgency, tone]\n  samples_per_summary: 4\n"
+                 "  attributes: [product, urgency, tone]\n"
                  "empty:\n  description: nothing\n  attributes: []\n"
-                 "typo:\n  description: x\n  atributes: [a]\n")
+                 "typo:\n  description: x\n  atributes: [a]\n"
+                 "counted:\n  description: x\n  attributes: [a]\n  samples_per_summary: 4\n")
     p = P.load_preset("tickets", str(f))
-    assert p.attributes == ("product", "urgency", "tone") and p.samples_per_summary == 4
+    assert p.attributes == ("product", "urgency", "tone")
+    # How many samples a summary yields is a run setting; a preset that sets it is told where it goes.
+    with pytest.raises(ConfigError, match="set generation.samples_per_summary"):
+        P.load_preset("counted", str(f))
     with pytest.raises(ConfigError, match="needs a non-empty list of attributes"):
         P.load_preset("empty", str(f))
     with pytest.raises(ConfigError, match="unknown key"):
@@ -127,6 +131,17 @@ def test_user_presets_from_yaml(tmp_path):
         P.load_preset("nope", str(f))
     with pytest.raises(ConfigError, match="presets_file not found"):
         P.load_preset("tickets", str(tmp_path / "missing.yaml"))
+
+
+def test_the_mode_table_covers_every_configurable_mode():
+    from typing import get_args
+
+    from synalign_ray.config import GenerationConfig
+
+    assert set(get_args(GenerationConfig.model_fields["mode"].annotation)) == set(P.MODES)
+    assert P.MODE_STAGES == {"two_stage": (P.SUMMARY_STAGE, P.SAMPLE_STAGE), "one_stage": (P.SAMPLE_STAGE,),
+                             "simprompt": (P.SAMPLE_STAGE,)}
+    assert all(set(stages) <= set(P.STAGES) for stages in P.MODE_STAGES.values())
 
 
 def test_samples_per_summary_must_be_positive():

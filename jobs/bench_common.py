@@ -1,13 +1,17 @@
-"""Shared by the benchmark and measurement scripts: real data files, MiniLM embeddings cached on disk, and a
-peak-memory sampler that counts Ray worker processes too."""
+"""Shared by the benchmark and study scripts: the one result-row type with its table printer and JSON writer, real
+data files, MiniLM embeddings cached on disk, and a peak-memory sampler that counts Ray worker processes too."""
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import platform
 import sys
 import threading
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +23,62 @@ DATA_DIR = Path(os.environ.get("SYNALIGN_DATA_DIR", REPO.parent / "shared" / "da
 CACHE = Path(os.environ.get("SYNALIGN_BENCH_CACHE", "/tmp/synalign_bench"))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@dataclass
+class Row:
+    """One line of a benchmark or study table: what was measured (`name`) and its figures by column name. The
+    headline benchmarks use the columns ours / baseline / ratio / target (see `compared`)."""
+
+    name: str
+    values: dict[str, Any] = field(default_factory=dict)
+
+
+def compared(name: str, ours: float, baseline: float, ratio: float, target: str) -> Row:
+    """A headline row: our figure, the baseline measured in the same run, their ratio and the target it meets."""
+    return Row(name, {"ours": ours, "baseline": baseline, "ratio": ratio, "target": target})
+
+
+def _cell(x: Any) -> str:
+    if isinstance(x, float):
+        return "-" if math.isnan(x) else f"{x:.4g}"
+    return "-" if x is None else str(x)
+
+
+def print_rows(rows: Iterable[Row], first: str = "measurement") -> None:
+    """The rows as one Markdown table; columns in the order they first appear."""
+    rows = list(rows)
+    columns = list(dict.fromkeys(k for r in rows for k in r.values))
+    print(f"| {first} | " + " | ".join(columns) + " |")
+    print("|" + " --- |" * (len(columns) + 1))
+    for r in rows:
+        print(f"| {r.name} | " + " | ".join(_cell(r.values.get(c)) for c in columns) + " |", flush=True)
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+            "ram_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "load_average": round(os.getloadavg()[0], 2)}
+
+
+def write_json(path: str | None, rows: Iterable[Row], args: Any = None, **extra: Any) -> None:
+    """With a path (each script's --json): the rows, the script's arguments and the machine as one JSON file.
+    NaN (no baseline) is written as null, so any JSON reader opens the file."""
+    if not path:
+        return
+
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        return v
+
+    body = {"script": Path(sys.argv[0]).name, "args": vars(args) if args is not None else None,
+            "machine": machine(), "rows": [asdict(r) for r in rows], **extra}
+    Path(path).write_text(json.dumps(clean(body), indent=2, default=str) + "\n")
 
 
 def data_table(name: str) -> pa.Table:

@@ -2,14 +2,12 @@
 target. Nothing is asserted: these machines are noisy, so only same-run ratios mean anything.
 
 Run: .venv/bin/python jobs/benchmark.py [--only embedding,selection,generation,alignment,load,demo] [--quick]
+     [--json results.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import os
-import platform
 import tempfile
 import time
 
@@ -18,9 +16,10 @@ import benchmark_embedding
 import benchmark_generation
 import benchmark_selection
 import load_test
+from bench_common import Row, compared, machine, print_rows, write_json
 
 
-def demo(_quick: bool) -> list[dict]:
+def demo(_quick: bool) -> list[Row]:
     """The local demo end to end: wall time per stage and how busy the generator was once its engine was up."""
     from synalign_ray.config import DEFAULT_RUN_CONFIG, load_config
     from synalign_ray.stages.run import run_stage
@@ -32,12 +31,12 @@ def demo(_quick: bool) -> list[dict]:
     gen = manifest["timings_this_invocation"]
     print(f"\ndemo: {total:.1f} s in all; " + ", ".join(f"{k} {v:.1f} s" for k, v in gen.items())
           + f"; generator busy {manifest['generator_busy_fraction']:.0%} of generation wall time")
-    rows = [{"stage": f"demo: {k} (s)", "ours": v, "baseline": total, "ratio": v / total, "target": "share of run"}
+    rows = [compared(f"demo: {k} (s)", v, total, v / total, "share of run")
             for k, v in gen.items()]
-    rows.append({"stage": "demo: total (s)", "ours": total, "baseline": 300.0, "ratio": total / 300.0,
-                 "target": "< 5 min (ratio < 1)"})
-    rows.append({"stage": "demo: generator busy", "ours": manifest["generator_busy_fraction"], "baseline": 1.0,
-                 "ratio": manifest["generator_busy_fraction"], "target": ">= 0.9"})
+    rows.append(compared("demo: total (s)", total, 300.0, total / 300.0,
+                         "< 5 min (ratio < 1)"))
+    rows.append(compared("demo: generator busy", manifest["generator_busy_fraction"], 1.0,
+                         manifest["generator_busy_fraction"], ">= 0.9"))
     return rows
 
 
@@ -51,29 +50,21 @@ BENCHMARKS = {
 }
 
 
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        return "-" if math.isnan(x) else f"{x:.4g}"
-    return str(x)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(BENCHMARKS))
     p.add_argument("--quick", action="store_true", help="smaller inputs where a benchmark allows it")
+    p.add_argument("--json", help="also write the result rows as JSON to this file")
     a = p.parse_args()
-    rows: list[dict] = []
+    rows: list[Row] = []
     for name in a.only.split(","):
         print(f"\n=== {name} ===", flush=True)
         rows += BENCHMARKS[name](a.quick)
-    cpu = platform.processor() or platform.machine()
-    print(f"\nmachine: {os.cpu_count()} CPUs ({cpu}), {os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} "
-          f"GiB RAM, Python {platform.python_version()}, load average {os.getloadavg()[0]:.1f}")
-    print(f"| {'stage':<44} | {'ours':>10} | {'baseline':>10} | {'ratio':>7} | target |")
-    print(f"|{'-' * 46}|{'-' * 12}|{'-' * 12}|{'-' * 9}|--------|")
-    for r in rows:
-        print(f"| {r['stage']:<44} | {_fmt(r['ours']):>10} | {_fmt(r['baseline']):>10} | {_fmt(r['ratio']):>7} | "
-              f"{r['target']} |")
+    m = machine()
+    print(f"\nmachine: {m['cpus']} CPUs ({m['processor']}), {m['ram_gib']:.0f} GiB RAM, Python {m['python']}, "
+          f"load average {m['load_average']:.1f}")
+    print_rows(rows, first="stage")
+    write_json(a.json, rows, a)
 
 
 if __name__ == "__main__":

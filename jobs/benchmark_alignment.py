@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
-from bench_common import cached_embeddings
+from bench_common import Row, cached_embeddings, compared, print_rows, write_json
 
 from synalign_ray.alignment.distributed import AlignmentShard, fit_distributed, ray_spawn, start_shards
 from synalign_ray.alignment.mmd import FitParams, fit_weights, make_feature_map
@@ -43,7 +43,7 @@ def load() -> tuple[np.ndarray, np.ndarray]:
 
 
 def speed(shards: int = 2, projections: int = 1000, features: str | None = None, steps: int | None = None,
-          threads: int = 1) -> list[dict]:
+          threads: int = 1) -> list[Row]:
     """Fit the same weights single-process and on shard actors; print the comparison, return table rows."""
     defaults = AlignmentConfig()
     features = features or defaults.features
@@ -90,10 +90,10 @@ def speed(shards: int = 2, projections: int = 1000, features: str | None = None,
     print(f"MMD² (feature space) {single.summary()['mmd_before']:.5f} -> {single.summary()['mmd_after']:.5f}, "
           f"ESS {single.ess.sum():.0f}; distributed − single: max |Δω| = {max_diff:.2e}, "
           f"max |Δω|/max ω = {max_diff / single_w.max():.2e}")
-    return [{"stage": "alignment fit 50k x 60k (s)", "ours": single_s, "baseline": 10.0,
-             "ratio": single_s / 10.0, "target": "<= 10 s (ratio <= 1)"},
-            {"stage": f"alignment fit, {shards} shards vs single (s)", "ours": fit_s, "baseline": single_s,
-             "ratio": fit_s / single_s, "target": f"identical result (max |Δω| {max_diff:.1e})"}]
+    return [compared("alignment fit 50k x 60k (s)", single_s, 10.0,
+                     single_s / 10.0, "<= 10 s (ratio <= 1)"),
+            compared(f"alignment fit, {shards} shards vs single (s)", fit_s, single_s,
+                     fit_s / single_s, f"identical result (max |Δω| {max_diff:.1e})")]
 
 
 DIVERSITY_SIZE = 6000
@@ -135,7 +135,7 @@ def _accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndar
     return float((clf.predict(test_emb) == test_labels).mean())
 
 
-def diversity(size: int = DIVERSITY_SIZE, seed: int = 0, short_only: bool = False) -> list[dict]:
+def diversity(size: int = DIVERSITY_SIZE, seed: int = 0, short_only: bool = False) -> list[Row]:
     """`align` with the default config (λ searched to min_distinct, 20% of real rows held out) against baselines
     from the same run: a uniform draw (MMD²), a uniform draw with the real label shares (accuracy), and one fit at
     the λ the search chose (fit time)."""
@@ -192,17 +192,17 @@ def diversity(size: int = DIVERSITY_SIZE, seed: int = 0, short_only: bool = Fals
           f"random {mmd_ratio:.3f}; accuracy on held-out real rows {acc_aligned:.4f} aligned vs {acc_random:.4f} "
           f"random with real label shares; fit {auto['fit']['seconds']:.1f} s searched vs "
           f"{one['fit']['seconds']:.1f} s one fit at λ={chosen:.3g} (ratio {time_ratio:.2f})")
-    return [{"stage": f"alignment: distinct share of {size} drawn", "ours": distinct, "baseline": 0.5,
-             "ratio": distinct / 0.5, "target": ">= 0.5 (ratio >= 1)"},
-            {"stage": "alignment: MMD² to held-out real rows", "ours": held["aligned"]["mmd2_rbf"],
-             "baseline": held["random"]["mmd2_rbf"], "ratio": mmd_ratio, "target": "<= 0.1x uniform draw"},
-            {"stage": "alignment: accuracy on held-out real rows", "ours": acc_aligned, "baseline": acc_random,
-             "ratio": acc_aligned / acc_random, "target": ">= random draw, real label shares (ratio >= 1)"},
-            {"stage": "alignment: λ search fit time (s)", "ours": auto["fit"]["seconds"],
-             "baseline": one["fit"]["seconds"], "ratio": time_ratio, "target": "<= 3x one fit"}]
+    return [compared(f"alignment: distinct share of {size} drawn", distinct, 0.5,
+                     distinct / 0.5, ">= 0.5 (ratio >= 1)"),
+            compared("alignment: MMD² to held-out real rows", held["aligned"]["mmd2_rbf"],
+                     held["random"]["mmd2_rbf"], mmd_ratio, "<= 0.1x uniform draw"),
+            compared("alignment: accuracy on held-out real rows", acc_aligned, acc_random,
+                     acc_aligned / acc_random, ">= random draw, real label shares (ratio >= 1)"),
+            compared("alignment: λ search fit time (s)", auto["fit"]["seconds"],
+                     one["fit"]["seconds"], time_ratio, "<= 3x one fit")]
 
 
-def run(shards: int = 2, projections: int = 1000) -> list[dict]:
+def run(shards: int = 2, projections: int = 1000) -> list[Row]:
     """Both benchmarks, for jobs/benchmark.py's combined table."""
     return speed(shards, projections) + diversity()
 
@@ -219,12 +219,16 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=DIVERSITY_SIZE, help="rows the diversity benchmark draws")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--short-only", action="store_true", help="the harder pool without SST-2 dev (18,268 rows)")
+    ap.add_argument("--json", help="also write the result rows as JSON to this file")
     args = ap.parse_args()
     only = args.only.split(",")
+    rows = []
     if "speed" in only:
-        speed(args.shards, args.projections, args.features, args.steps, args.threads)
+        rows += speed(args.shards, args.projections, args.features, args.steps, args.threads)
     if "diversity" in only:
-        diversity(args.size, args.seed, args.short_only)
+        rows += diversity(args.size, args.seed, args.short_only)
+    print_rows(rows)
+    write_json(args.json, rows, args)
 
 
 if __name__ == "__main__":

@@ -10,12 +10,12 @@ import argparse
 import os
 import time
 
-from bench_common import DATA_DIR, PeakRSS
+from bench_common import DATA_DIR, PeakRSS, Row, compared, print_rows, write_json
 
 SST2_TRAIN = DATA_DIR / "sst2_train.parquet"
 
 
-def run(rows: int | None = None, actors: int = 2, batch_size: int = 256) -> list[dict]:
+def run(rows: int | None = None, actors: int = 2, batch_size: int = 256) -> list[Row]:
     """Measure both ways on the same rows; returns benchmark-table rows."""
     import numpy as np
     import ray
@@ -56,8 +56,8 @@ def run(rows: int | None = None, actors: int = 2, batch_size: int = 256) -> list
     print(f"  Ray Data actor pool:   {ray_s:8.1f} s  {n / ray_s:8.1f} rows/s  peak RSS {mem_ray.peak / 2**30:.2f} GiB "
           "(driver + Ray processes)")
     print(f"  ratio (Ray / single): {ratio:.2f}x  (target >= 0.95x); max |difference| {max_diff:.2e}")
-    return [{"stage": "embedding (rows/s)", "ours": n / ray_s, "baseline": n / base_s, "ratio": ratio,
-             "target": ">= 0.95x"}]
+    return [compared("embedding (rows/s)", n / ray_s, n / base_s, ratio,
+                     ">= 0.95x")]
 
 
 def main() -> None:
@@ -65,8 +65,11 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=None, help="seeded subsample (default: all 60,614 rows)")
     parser.add_argument("--actors", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--json", help="also write the result rows as JSON to this file")
     args = parser.parse_args()
-    run(args.rows, args.actors, args.batch_size)
+    rows = run(args.rows, args.actors, args.batch_size)
+    print_rows(rows)
+    write_json(args.json, rows, args)
 
 
 if __name__ == "__main__":

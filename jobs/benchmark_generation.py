@@ -12,6 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import Row, compared, print_rows, write_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +63,7 @@ def _groups(n_groups: int, group_size: int, seed: int):
     return table, groups
 
 
-def run(n_groups: int = 16, samples: int = 5, group_size: int = 8, seed: int = 0) -> list[dict]:
+def run(n_groups: int = 16, samples: int = 5, group_size: int = 8, seed: int = 0) -> list[Row]:
     import pyarrow as pa
     import pyarrow.parquet as pq
     import ray
@@ -117,8 +119,8 @@ def run(n_groups: int = 16, samples: int = 5, group_size: int = 8, seed: int = 0
           f"{pool_tps:7.1f} tokens/s (busy {manifest['pool']['busy_fraction']:.0%}, "
           f"{len(manifest['failed_groups'])} failed groups, retries included)")
     print(f"  ratio (pool / bare): {pool_tps / bare_tps:.2f}x  (target >= 0.9x)")
-    return [{"stage": "generation (output tokens/s)", "ours": pool_tps, "baseline": bare_tps,
-             "ratio": pool_tps / bare_tps, "target": ">= 0.9x"}]
+    return [compared("generation (output tokens/s)", pool_tps, bare_tps,
+                     pool_tps / bare_tps, ">= 0.9x")]
 
 
 def main() -> None:
@@ -126,8 +128,11 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=16)
     parser.add_argument("--samples", type=int, default=5)
     parser.add_argument("--group-size", type=int, default=8)
+    parser.add_argument("--json", help="also write the result rows as JSON to this file")
     args = parser.parse_args()
-    run(args.groups, args.samples, args.group_size)
+    rows = run(args.groups, args.samples, args.group_size)
+    print_rows(rows)
+    write_json(args.json, rows, args)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import tracemalloc
 import gpytorch
 import numpy as np
 import torch
-from bench_common import cached_embeddings
+from bench_common import Row, cached_embeddings, compared, print_rows, write_json
 
 from synalign_ray.config import SelectionConfig
 from synalign_ray.selection.gp import SYNC_ROWS, lengthscale
@@ -129,7 +129,7 @@ def update_products_seconds(n: int, width: int, selected: int) -> float:
     return time.perf_counter() - start
 
 
-def run(n_groups: int = 200, k: int = 9, subset: int = 5000, baseline_groups: int = 60) -> list[dict]:
+def run(n_groups: int = 200, k: int = 9, subset: int = 5000, baseline_groups: int = 60) -> list[Row]:
     """Time the tracker, its bounds and the refit baseline; print the table and return benchmark rows."""
     args = argparse.Namespace(groups=n_groups, k=k, subset=subset, baseline_groups=baseline_groups)
     table, emb = cached_embeddings("sst2_train")
@@ -184,12 +184,12 @@ def run(n_groups: int = 200, k: int = 9, subset: int = 5000, baseline_groups: in
     print(f"| subset {args.subset} rows, {args.baseline_groups} groups: ExactGP refit | {t_ref_sub:.2f} | - "
           f"| refit / incremental = {t_ref_sub / t_inc_sub:.0f} |")
     print(f"\nselections on the subset identical (incremental vs ExactGP refit): {identical}")
-    return [{"stage": "selection: refit / incremental (s)", "ours": t_full, "baseline": t_ref_full,
-             "ratio": t_ref_full / t_full, "target": f">= 100x, identical selections: {identical}"},
-            {"stage": "selection: incremental / flop bound (s)", "ours": t_full, "baseline": t_bound,
-             "ratio": t_full / t_bound, "target": "<= 5x"},
-            {"stage": "selection: incremental / update-shape bound (s)", "ours": t_full, "baseline": t_shape_bound,
-             "ratio": t_full / t_shape_bound, "target": "<= 5x"}]
+    return [compared("selection: refit / incremental (s)", t_full, t_ref_full,
+                     t_ref_full / t_full, f">= 100x, identical selections: {identical}"),
+            compared("selection: incremental / flop bound (s)", t_full, t_bound,
+                     t_full / t_bound, "<= 5x"),
+            compared("selection: incremental / update-shape bound (s)", t_full, t_shape_bound,
+                     t_full / t_shape_bound, "<= 5x")]
 
 
 def main() -> None:
@@ -198,8 +198,11 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=9)
     parser.add_argument("--subset", type=int, default=5000)
     parser.add_argument("--baseline-groups", type=int, default=60, help="groups the ExactGP refit runs on the subset")
+    parser.add_argument("--json", help="also write the result rows as JSON to this file")
     args = parser.parse_args()
-    run(args.groups, args.k, args.subset, args.baseline_groups)
+    rows = run(args.groups, args.k, args.subset, args.baseline_groups)
+    print_rows(rows)
+    write_json(args.json, rows, args)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 import pyarrow as pa
-from bench_common import PeakRSS, cached_embeddings
+from bench_common import PeakRSS, Row, cached_embeddings, compared, print_rows, write_json
 
 
 def synthetic_pool(n: int, seed: int) -> tuple[pa.Table, np.ndarray]:
@@ -33,7 +33,7 @@ def synthetic_pool(n: int, seed: int) -> tuple[pa.Table, np.ndarray]:
     return table, out.astype(np.float32)
 
 
-def run(synthetic: int = 200_000, size: int = 50_000, shards: int = 2, seed: int = 0) -> list[dict]:
+def run(synthetic: int = 200_000, size: int = 50_000, shards: int = 2, seed: int = 0) -> list[Row]:
     import ray
 
     from synalign_ray import io
@@ -66,10 +66,10 @@ def run(synthetic: int = 200_000, size: int = 50_000, shards: int = 2, seed: int
     print(f"  selection: {len(real_emb)} real rows, {schedule.num_rows} groups x 10 = "
           f"{sum(len(x) for x in schedule.column('demo_row_ids').to_pylist())} rows selected: {select_s:.1f} s, "
           f"peak RSS {mem_select.peak / 2**30:.2f} GiB")
-    return [{"stage": f"load: align {synthetic // 1000}k x {len(real_emb) // 1000}k", "ours": align_s,
-             "baseline": float("nan"), "ratio": float("nan"), "target": f"fits in memory ({mem_align.peak / 2**30:.1f} GiB)"},
-            {"stage": f"load: select 2k of {len(real_emb) // 1000}k", "ours": select_s, "baseline": float("nan"),
-             "ratio": float("nan"), "target": f"fits in memory ({mem_select.peak / 2**30:.1f} GiB)"}]
+    return [compared(f"load: align {synthetic // 1000}k x {len(real_emb) // 1000}k", align_s,
+                     float("nan"), float("nan"), f"fits in memory ({mem_align.peak / 2**30:.1f} GiB)"),
+            compared(f"load: select 2k of {len(real_emb) // 1000}k", select_s, float("nan"),
+                     float("nan"), f"fits in memory ({mem_select.peak / 2**30:.1f} GiB)")]
 
 
 def main() -> None:
@@ -77,8 +77,11 @@ def main() -> None:
     p.add_argument("--synthetic", type=int, default=200_000)
     p.add_argument("--size", type=int, default=50_000)
     p.add_argument("--shards", type=int, default=2)
+    p.add_argument("--json", help="also write the result rows as JSON to this file")
     a = p.parse_args()
-    run(a.synthetic, a.size, a.shards)
+    rows = run(a.synthetic, a.size, a.shards)
+    print_rows(rows)
+    write_json(a.json, rows, a)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import argparse
 import time
 
 import numpy as np
-from bench_common import cached_embeddings
+from bench_common import Row, cached_embeddings, write_json
 from sklearn.linear_model import LogisticRegression
 
 from synalign_ray import metrics
@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--features", default="linear,rff")
     ap.add_argument("--entropy", default="linear:0.002,rff:0.0005",
                     help="λ per feature kind for the 'with diversity control' rows")
+    ap.add_argument("--json", help="also write the result rows as JSON to this file")
     args = ap.parse_args()
     (real_emb, real_labels), test, pool = build_sets(args.seed)
     pool_emb, pool_labels, is_news = pool
@@ -103,7 +104,11 @@ def main() -> None:
     print(header)
     print("-" * len(header))
 
+    rows: list[Row] = []
+
     def row(name: str, res: dict, ess: float = float("nan"), seconds: float = float("nan")) -> None:
+        rows.append(Row(name, {"mmd2": res["mmd2"], "w1": res["w1"], "sw": res["sw"], "distinct": res["distinct"],
+                               "agnews_share": res["news"], "accuracy": res["acc"], "ess": ess, "fit_s": seconds}))
         print(f"{name:<34}{res['mmd2']:>9.5f}{res['w1']:>8.4f}{res['sw']:>8.4f}{res['distinct']:>9.3f}"
               f"{res['news']:>8.3f}{res['acc']:>7.3f}{ess:>8.0f}{seconds:>7.1f}", flush=True)
 
@@ -132,6 +137,7 @@ def main() -> None:
                     name = f"{kind} |Θ|={count} {'label' if by_label else 'blind'} λ={lam:g}"
                     row(name, evaluate(idx, pool, test, real_sample, bandwidth, args.seed), float(fit.ess.sum()),
                         seconds)
+    write_json(args.json, rows, args)
 
 
 if __name__ == "__main__":

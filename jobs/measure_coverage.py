@@ -9,7 +9,7 @@ import argparse
 import time
 
 import numpy as np
-from bench_common import CACHE, cached_embeddings, cached_npy
+from bench_common import CACHE, Row, cached_embeddings, cached_npy, write_json
 
 from synalign_ray.config import SelectionConfig
 from synalign_ray.metrics import convex_hull_coverage, knn_radii, knn_radius_coverage, tsne_map
@@ -59,8 +59,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--sweep-seeds", type=int, default=3)
     parser.add_argument("--kernels", default="exponential,rbf")
+    parser.add_argument("--json", help="also write the result rows as JSON to this file")
     args = parser.parse_args()
     kernels = args.kernels.split(",")
+    rows: list[Row] = []
+
+    def spread(name: str, runs: np.ndarray) -> None:
+        rows.append(Row(name, {"hull_mean": float(runs[:, 0].mean()), "hull_std": float(runs[:, 0].std()),
+                               "knn_radius_mean": float(runs[:, 1].mean()), "knn_radius_std": float(runs[:, 1].std()),
+                               "seeds": len(runs)}))
 
     for title, name in DATASETS.items():
         t0 = time.perf_counter()
@@ -73,6 +80,7 @@ def main() -> None:
 
         rand = np.array([scores(random_groups(emb, labels, args.steps, args.k, s), points, emb, radii, args.k)
                          for s in range(args.seeds)])
+        spread(f"{name}: uniform random", rand)
         print(f"\n| selection ({args.seeds} seeds) | hull coverage | kNN-radius coverage (k={KNN_BALL}) |")
         print("| --- | --- | --- |")
         print(f"| uniform random | {rand[:, 0].mean():.4f} ± {rand[:, 0].std():.4f} "
@@ -80,6 +88,7 @@ def main() -> None:
         for kernel in kernels:
             gp = np.array([scores(gp_groups(emb, labels, args.steps, args.k, "auto", kernel, s), points, emb, radii,
                                   args.k) for s in range(args.seeds)])
+            spread(f"{name}: GP {kernel}, tau auto", gp)
             print(f"| GP {kernel}, tau auto | {gp[:, 0].mean():.4f} ± {gp[:, 0].std():.4f} "
                   f"(x{gp[:, 0].mean() / rand[:, 0].mean():.2f}) | {gp[:, 1].mean():.4f} ± {gp[:, 1].std():.4f} "
                   f"(x{gp[:, 1].mean() / rand[:, 1].mean():.2f}) |")
@@ -92,9 +101,11 @@ def main() -> None:
             for kernel in kernels:
                 runs = np.array([scores(gp_groups(emb, labels, args.steps, args.k, tau, kernel, s), points, emb,
                                         radii, args.k) for s in range(args.sweep_seeds)])
+                spread(f"{name}: GP {kernel}, tau {tau}{' (auto)' if tau not in TAUS else ''}", runs)
                 cells += [f"{runs[:, 0].mean():.4f}", f"{runs[:, 1].mean():.4f}"]
             mark = " (auto)" if tau not in TAUS else ""
             print(f"| {tau}{mark} | " + " | ".join(cells) + " |", flush=True)
+    write_json(args.json, rows, args)
 
 
 if __name__ == "__main__":

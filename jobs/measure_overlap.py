@@ -12,6 +12,8 @@ import argparse
 import os
 import time
 
+from bench_common import Row, write_json
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
@@ -19,6 +21,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--groups", type=int, default=12)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--json", help="also write the result rows as JSON to this file")
     args = parser.parse_args()
 
     import numpy as np
@@ -80,16 +83,20 @@ def main() -> None:
         print("| round | variant | generation s | rows embedded at s | rows |")
         print("| --- | --- | --- | --- | --- |")
         results: dict[str, list[float]] = {"one pass after": [], "as they land": []}
+        table_rows: list[Row] = []
         for rnd in range(args.rounds):
             order = [("one pass after", after), ("as they land", as_they_land)]
             for name, variant in order if rnd % 2 == 0 else order[::-1]:
                 generated, total, n_rows = variant()
                 results[name].append(total)
+                table_rows.append(Row(f"round {rnd}: {name}", {"generation_s": generated, "rows_embedded_at_s": total,
+                                                               "rows": n_rows}))
                 print(f"| {rnd} | {name} | {generated:.1f} | {total:.1f} | {n_rows} |", flush=True)
         pool.shutdown()
     means = {name: float(np.mean(v)) for name, v in results.items()}
     print("mean time to embedded rows: " + ", ".join(f"{k} {v:.1f} s" for k, v in means.items())
           + f"; as they land / one pass after = {means['as they land'] / means['one pass after']:.2f}")
+    write_json(args.json, table_rows, args, mean_seconds_to_embedded_rows=means)
 
 
 if __name__ == "__main__":

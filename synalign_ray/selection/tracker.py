@@ -4,8 +4,6 @@ list the issued groups."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from typing import Any, Callable
@@ -23,7 +21,6 @@ log = logging.getLogger(__name__)
 # tau: auto = AUTO_TAU_FACTOR × median pairwise distance of AUTO_TAU_SAMPLE seeded rows (see jobs/measure_coverage.py).
 AUTO_TAU_FACTOR = 0.5
 AUTO_TAU_SAMPLE = 2_000
-CHECKPOINT_VERSION = 1
 # rule: density_weighted (see density_weights; constants chosen by jobs/benchmark_selection_scale.py).
 DENSITY_SAMPLE = 1000
 DENSITY_BANDWIDTH = 0.5
@@ -101,16 +98,6 @@ def _validate(embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndar
         log.warning("selection: label %r has %d rows, fewer than selection.k+1 = %d: skipped", label, count,
                     groups_need)
     return too_small
-
-
-def _fingerprint(unit_embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
-                 cfg: SelectionConfig) -> str:
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(unit_embeddings).tobytes())
-    digest.update(json.dumps(labels).encode())
-    digest.update(json.dumps(np.asarray(row_ids).tolist()).encode())
-    digest.update(cfg.model_dump_json().encode())
-    return digest.hexdigest()
 
 
 def stop_variance(cfg: SelectionConfig) -> float:
@@ -201,7 +188,7 @@ class SelectionTracker:
     """
 
     def __init__(self, embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
-                 cfg: SelectionConfig, checkpoint: dict | None = None, num_shards: int = 1,
+                 cfg: SelectionConfig, num_shards: int = 1,
                  make_shard: Callable[..., Any] = PartitionShard):
         self.skipped_labels = _validate(embeddings, labels, row_ids, cfg)
         self.cfg = cfg
@@ -209,9 +196,6 @@ class SelectionTracker:
         unit = np.ascontiguousarray(embeddings / norms, dtype=np.float32)
         self._labels = None if labels is None else [str(l) for l in labels]
         self._row_ids = np.asarray(row_ids)
-        self._fingerprint = _fingerprint(unit, self._labels, self._row_ids, cfg)
-        if checkpoint is not None:
-            self._check_checkpoint(checkpoint)
         self.tau = auto_tau(unit, cfg.seed) if cfg.tau == "auto" else float(cfg.tau)
         n = unit.shape[0]
         self._rank = np.random.default_rng(cfg.seed).permutation(n)
@@ -275,21 +259,6 @@ class SelectionTracker:
         self._active = [l for l in label_rows if self._quota[l] > 0]
         self._issued: list[np.ndarray] = []
         self._variances: list[float] = []
-        if checkpoint is not None:
-            self._replay(checkpoint["groups"])
-
-    def _check_checkpoint(self, checkpoint: dict) -> None:
-        if checkpoint.get("version") != CHECKPOINT_VERSION or "groups" not in checkpoint:
-            raise InputError("selection checkpoint is not a version-1 tracker checkpoint")
-        if checkpoint.get("fingerprint") != self._fingerprint:
-            raise InputError("selection checkpoint was written for other embeddings, labels, row ids or config")
-
-    def _replay(self, groups: list[list[int]]) -> None:
-        # Re-running the same float operations in the same order restores the state bit for bit.
-        for i, expected in enumerate(groups):
-            record = self._select_next()
-            if record is None or list(self._issued[-1]) != list(expected):
-                raise InputError(f"selection checkpoint diverges from these inputs at group {i}")
 
     def _store_tops(self, pid: int, tops: dict) -> None:
         version = self._version[self._part_unit[pid]]
@@ -410,10 +379,3 @@ class SelectionTracker:
             "labels_skipped": dict(self.skipped_labels),
         }
 
-    def checkpoint(self) -> dict:
-        """JSON-safe state: the issued groups (row positions) and a fingerprint of the inputs they came from."""
-        return {
-            "version": CHECKPOINT_VERSION,
-            "fingerprint": self._fingerprint,
-            "groups": [[int(i) for i in g] for g in self._issued],
-        }

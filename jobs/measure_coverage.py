@@ -12,7 +12,7 @@ import numpy as np
 from bench_common import CACHE, Row, cached_embeddings, cached_npy, write_json
 
 from synalign_ray.config import SelectionConfig
-from synalign_ray.metrics import convex_hull_coverage, knn_radii, knn_radius_coverage, tsne_map
+from synalign_ray.metrics import convex_hull_coverage, knn_radii, knn_radius_coverage, random_groups, tsne_map
 from synalign_ray.selection.schedule import build_schedule
 from synalign_ray.selection.tracker import AUTO_TAU_FACTOR, auto_tau
 
@@ -32,17 +32,6 @@ def gp_groups(emb, labels, steps, k, tau, kernel, seed) -> list[list[int]]:
     cfg = SelectionConfig(k=k, tau=tau, kernel=kernel, max_groups=steps, seed=seed, threshold=1e-6,
                           gp_scope="shared", engine="exact")
     return build_schedule(cfg, emb, labels, np.arange(emb.shape[0])).column("demo_row_ids").to_pylist()
-
-
-def random_groups(emb, labels, steps, k, seed) -> list[list[int]]:
-    """Uniform random anchors (no repeats) with their k most cosine-similar rows of the same label."""
-    rng = np.random.default_rng(seed)
-    label_arr = np.asarray(labels)
-    groups = []
-    for anchor in rng.choice(emb.shape[0], size=steps, replace=False):
-        same = np.flatnonzero((label_arr == label_arr[anchor]) & (np.arange(emb.shape[0]) != anchor))
-        groups.append([int(anchor)] + same[np.argsort(-(emb[same] @ emb[anchor]), kind="stable")[:k]].tolist())
-    return groups
 
 
 def scores(groups, points_2d, emb, radii, k) -> tuple[float, float]:

@@ -53,6 +53,19 @@ def _hulls_overlap(a: np.ndarray, b: np.ndarray) -> bool:
     return True
 
 
+def random_groups(emb: np.ndarray, labels: list | np.ndarray | None, count: int, k: int, seed: int) -> list[list[int]]:
+    """The random baseline of every coverage comparison: `count` uniform random anchors (no repeats), each with its k
+    most cosine-similar other rows of the same label (of any row without labels); row positions, anchor first."""
+    rng = np.random.default_rng(seed)
+    n = emb.shape[0]
+    label_arr = np.asarray(labels) if labels is not None else np.zeros(n, dtype=np.int64)
+    groups = []
+    for anchor in rng.choice(n, size=min(count, n), replace=False):
+        same = np.flatnonzero((label_arr == label_arr[anchor]) & (np.arange(n) != anchor))
+        groups.append([int(anchor)] + same[np.argsort(-(emb[same] @ emb[anchor]), kind="stable")[:k]].tolist())
+    return groups
+
+
 def convex_hull_coverage(points_2d: np.ndarray, anchors: np.ndarray, k: int) -> np.ndarray:
     """The paper's convex-hull coverage curve (Appendix A.2.3), one value per sampling step.
 

@@ -86,15 +86,14 @@ def coverage_stage(cfg: SynAlignConfig, embedded_path: str, schedule_path: str, 
     radii = metrics.knn_radii(emb, k=5)
     hull = float(metrics.convex_hull_coverage(points, np.arange(len(anchors)), k)[-1])
     knn = metrics.knn_radius_coverage(emb, emb[demo_rows], k=5, radii=radii)
+    label = cfg.data.label_column
+    labels = np.asarray(table.column(label).to_pylist())[sample] if label in table.column_names else None
     rand_hull, rand_knn = [], []
     for s in range(seeds):
-        r = np.random.default_rng(cfg.selection.seed + 1 + s)
-        picks = r.choice(len(sample), size=len(anchors), replace=False)
-        rand_hull.append(float(metrics.convex_hull_coverage(points, picks, k)[-1]))
-        # Random groups of the same shape: uniform anchors, each with its k most cosine-similar rows.
-        rand_anchors = r.choice(len(emb), size=len(anchors), replace=False)
-        rand_rows = np.argsort(-(emb[rand_anchors] @ emb.T), axis=1)[:, :k + 1].ravel()
-        rand_knn.append(metrics.knn_radius_coverage(emb, emb[rand_rows], k=5, radii=radii))
+        # Random groups of the same shape among the mapped rows (metrics.random_groups, the one random baseline).
+        picked = metrics.random_groups(emb[sample], labels, len(anchors), k, cfg.selection.seed + 1 + s)
+        rand_hull.append(float(metrics.convex_hull_coverage(points, np.array([g[0] for g in picked]), k)[-1]))
+        rand_knn.append(metrics.knn_radius_coverage(emb, emb[sample[np.concatenate(picked)]], k=5, radii=radii))
     return {"groups": len(groups), "k": k, "map_rows": int(len(sample)), "hull_coverage": hull,
             "hull_coverage_random": float(np.mean(rand_hull)), "knn_radius_coverage": knn,
             "knn_radius_coverage_random": float(np.mean(rand_knn)), "random_seeds": seeds}

@@ -100,3 +100,19 @@ def test_coverage_profile_equals_brute_force(real_embeddings):
     everything = np.arange(300)
     knn_all, _ = coverage_profile(x, x[selected], everything, knn_radii_of(x, everything, [5]), [])
     assert knn_all[0] == knn_radius_coverage(x, x[selected], 5)
+
+
+def test_random_groups_are_same_label_neighbourhoods_of_distinct_anchors():
+    from synalign_ray.metrics import random_groups
+
+    rng = np.random.default_rng(3)
+    emb = rng.normal(size=(60, 8))
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = np.array(["a", "b", "c"] * 20)
+    groups = random_groups(emb, labels, 10, 4, seed=1)
+    assert len({g[0] for g in groups}) == 10 and all(len(g) == 5 for g in groups)
+    for g in groups:
+        same = [i for i in range(60) if labels[i] == labels[g[0]] and i != g[0]]
+        assert g[1:] == sorted(same, key=lambda i: -(emb[i] @ emb[g[0]]))[:4]
+    assert random_groups(emb, labels, 10, 4, seed=1) == groups != random_groups(emb, labels, 10, 4, seed=2)
+    assert all(len(g) == 5 for g in random_groups(emb, None, 10, 4, seed=1))

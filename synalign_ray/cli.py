@@ -32,8 +32,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_embeddings(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--embeddings", required=True, help="a `synalign embed` output folder")
-    # `--input` names a data file everywhere else; here it gets a pointed error instead of argparse's usage dump.
+    # Checked in `_embeddings`, not by argparse: the old spelling `--input emb/` gets an error that names the flag.
+    p.add_argument("--embeddings", help="a `synalign embed` output folder (required)")
     p.add_argument("--input", help=argparse.SUPPRESS)
 
 
@@ -47,10 +47,13 @@ def _paths(args: argparse.Namespace) -> dict:
     return {"output": args.output, "overwrite": True if args.overwrite else None}
 
 
-def _no_input(args: argparse.Namespace) -> None:
+def _embeddings(args: argparse.Namespace) -> str:
     if args.input is not None:
         raise InputError(f"`synalign {args.command}` reads a `synalign embed` output folder: pass it as "
                          f"--embeddings {args.input} (--input names a data file, for embed and generate)")
+    if args.embeddings is None:
+        raise InputError(f"`synalign {args.command}` needs --embeddings, a `synalign embed` output folder")
+    return args.embeddings
 
 
 def _cmd_embed(args: argparse.Namespace) -> None:
@@ -60,8 +63,7 @@ def _cmd_embed(args: argparse.Namespace) -> None:
 
 
 def _cmd_select(args: argparse.Namespace) -> None:
-    _no_input(args)
-    manifest = api.select(_config(args), embeddings=args.embeddings, **_paths(args))
+    manifest = api.select(_config(args), embeddings=_embeddings(args), **_paths(args))
     print(f"selected {manifest['groups']} demonstration groups from {manifest['real_rows']} rows "
           f"-> {manifest['output']}")
 
@@ -112,8 +114,7 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_coverage(args: argparse.Namespace) -> None:
-    _no_input(args)
-    r = api.coverage(_config(args), embeddings=args.embeddings, schedule=args.schedule, seeds=args.seeds)
+    r = api.coverage(_config(args), embeddings=_embeddings(args), schedule=args.schedule, seeds=args.seeds)
     print(f"{r['groups']} groups (k={r['k']}) on a {r['map_rows']}-row t-SNE map:")
     print(f"  hull coverage       schedule {r['hull_coverage']:.4f}   random {r['hull_coverage_random']:.4f} "
           f"(x{r['hull_coverage'] / max(r['hull_coverage_random'], 1e-12):.2f}, mean of {r['random_seeds']} seeds)")

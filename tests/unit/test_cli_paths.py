@@ -36,10 +36,13 @@ def test_api_sets_paths_on_a_copy():
 @pytest.mark.parametrize("command", ["select", "coverage"])
 def test_input_on_an_embeddings_command_points_to_embeddings(tmp_path, capsys, command):
     extra = ["--schedule", str(tmp_path / "s")] if command == "coverage" else []
-    assert main([command, "--embeddings", str(tmp_path / "emb"), "--input", "data.parquet", *extra]) == 2
+    assert main([command, "--input", "emb/", *extra]) == 2  # the spelling of the previous release
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == (f"synalign {command}: error: `synalign {command}` reads a `synalign embed` output folder: pass "
-                   "it as --embeddings data.parquet (--input names a data file, for embed and generate)")
+                   "it as --embeddings emb/ (--input names a data file, for embed and generate)")
+    assert main([command, *extra]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"synalign {command}: error: `synalign {command}` needs --embeddings, a `synalign embed` output folder")
 
 
 def test_evaluate_needs_a_test_file(capsys):

@@ -49,8 +49,11 @@ class ActorShard:
     def tops(self):
         return self._ray.get(self._actor.tops.remote())
 
-    def add(self, pid, anchor):
-        return self._ray.get(self._actor.add.remote(pid, anchor))
+    def add(self, pid, anchor, updates):
+        return self._ray.get(self._actor.add.remote(pid, anchor, updates))
+
+    def refresh(self, pid, updates):
+        return self._ray.get(self._actor.refresh.remote(pid, updates))
 
     def state_bytes(self):
         return self._ray.get(self._actor.state_bytes.remote())
@@ -60,8 +63,9 @@ def test_partitions_on_two_shard_actors_give_the_in_process_schedule(ray_local, 
     rows, emb = real_embeddings("agnews_dev.parquet", N_ROWS, 0)
     labels = rows.column("label").to_pylist()
     ids = np.arange(N_ROWS, dtype=np.int64)
+    # inducing rows make every group's block of h travel to the other actor (the cross-partition term)
     cfg = SelectionConfig(k=9, max_groups=30, budget="average", engine="partitioned", partition_rows=60,
-                          rule="density_weighted")
+                          rule="density_weighted", inducing_rows=32)
     plain = SelectionTracker(emb, labels, ids, cfg)
     spread = SelectionTracker(emb, labels, ids, cfg, num_shards=2,
                               make_shard=lambda **kwargs: ActorShard(ray_local, **kwargs))

@@ -121,8 +121,8 @@ class PartitionShard:
                 self._lam.setdefault(part.unit, [np.eye(part.h.shape[1]), None, 0])
 
     def state_bytes(self) -> int:
-        """Bytes allocated for the float32 V and features of all partitions held here."""
-        return sum(p.gp._v_t.nbytes + (0 if p.gp.features is None else p.gp.features.nbytes)
+        """Bytes allocated for the float32 V, the features and the float64 h of all partitions held here."""
+        return sum(p.gp._v_t.nbytes + (0 if p.h is None else p.gp.features.nbytes + p.h.nbytes)
                    for p in self._parts.values())
 
     def tops(self) -> dict[int, dict[str, tuple[float, np.ndarray, float]]]:
@@ -151,7 +151,7 @@ class PartitionShard:
             return np.ones(local.shape[0])
         if lam[1] is None:
             # L_Λ⁻¹ once per version: each evaluation is then one product (rows × M × M) instead of a solve
-            lam[1] = solve_triangular(np.linalg.cholesky(lam[0]), np.eye(lam[0].shape[0]), lower=True)
+            lam[1] = np.linalg.inv(np.linalg.cholesky(lam[0]))
         a = part.gp.features[local].astype(np.float64)
         if part.h.shape[0]:
             a -= part.gp._v_t[local, :part.h.shape[0]].astype(np.float64) @ part.h

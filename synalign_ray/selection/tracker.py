@@ -138,12 +138,13 @@ def state_bytes_needed(unit_rows: list[int], unit_selected: list[int], engine: s
                        inducing_rows: int = 0) -> int:
     """Bytes of float32 state for these scope units (rows, planned selected rows each): exact n·|S| per unit;
     partitioned Σ_p n_p·|S_p| ≤ min(n, partition_rows)·|S| of V (each partition holds ≤ partition_rows rows,
-    Σ_p |S_p| = |S|), times PARTITION_GROWTH for the room a growing partition allocates ahead, plus n·M of inducing
-    features for a unit cut into partitions (M = min(inducing_rows, n))."""
+    Σ_p |S_p| = |S|), times PARTITION_GROWTH for the room a growing partition allocates ahead; for a unit cut into
+    partitions also n·M float32 inducing features and |S|·M float64 of h (M = min(inducing_rows, n))."""
     if engine == "exact":
         return 4 * sum(n * m for n, m in zip(unit_rows, unit_selected))
     v = math.ceil(4 * PARTITION_GROWTH * sum(min(n, partition_rows) * m for n, m in zip(unit_rows, unit_selected)))
-    return v + 4 * sum(n * min(inducing_rows, n) for n in unit_rows if n > partition_rows)
+    return v + sum((4 * n + 8 * m) * min(inducing_rows, n) for n, m in zip(unit_rows, unit_selected)
+                   if n > partition_rows)
 
 
 def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: list[int]) -> str:
@@ -157,7 +158,7 @@ def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: li
         scope = f"{len(unit_rows)} GP scope unit(s), {sum(unit_rows):,} rows, {sum(unit_selected):,} rows selected"
         formula = ("4 B × Σ n·|S|" if engine == "exact"
                    else f"{PARTITION_GROWTH} × 4 B × Σ min(n, partition_rows={cfg.partition_rows})·|S| + 4 B × Σ "
-                        f"n·min(inducing_rows={cfg.inducing_rows}, n)")
+                        f"(n + 2·|S|)·min(inducing_rows={cfg.inducing_rows}, n)")
         raise ConfigError(f"selection.engine={engine} needs {needed:,} B = {needed / 2**30:.2f} GiB of GP state "
                           f"({formula}; {scope}) but selection.max_state_gib is {cfg.max_state_gib:g} GiB = "
                           f"{budget:,} B: raise it, lower "

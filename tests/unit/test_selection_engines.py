@@ -157,9 +157,9 @@ def test_state_budget_chooses_the_engine_and_refuses_with_the_arithmetic(agnews)
     small = 0.1 / 1024
     auto = SelectionTracker(emb, labels, ids, cfg(max_state_gib=small, partition_rows=100, inducing_rows=0))
     assert auto.engine == "partitioned" and auto.progress()["engine"] == "partitioned"
-    # inducing features add n·M floats for each unit cut into partitions (M ≤ n), none for a unit in one partition
+    # a unit cut into partitions adds n·M float32 features and |S|·M float64 of h (M ≤ n); a unit in one adds none
     assert state_bytes_needed([3000, 500], [400, 50], "partitioned", 1000, 256) == (
-        4 * 1.25 * (1000 * 400 + 500 * 50) + 4 * 3000 * 256)
+        4 * 1.25 * (1000 * 400 + 500 * 50) + (4 * 3000 + 8 * 400) * 256)
     assert SelectionTracker(emb, labels, ids, cfg()).engine == "exact"
     with pytest.raises(ConfigError, match=r"exact needs 192,000 B = 0.00 GiB .*4 GP scope unit.*"
                                           r"max_state_gib is 9.76563e-05 GiB = 104,857 B"):

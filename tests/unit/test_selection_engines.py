@@ -4,10 +4,12 @@ state budget."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from synalign_ray.config import SelectionConfig, build_config
+from synalign_ray.config import SelectionConfig, build_config, load_config
 from synalign_ray.errors import ConfigError
 from synalign_ray.metrics import knn_radii, knn_radius_coverage
 from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, cross_kernel
@@ -177,6 +179,16 @@ def test_huge_selection_is_refused_before_any_allocation():
         SelectionTracker(emb, None, np.arange(rows), config)
     # auto takes the partitioned engine there: at most 2,000 rows × 80,000 selected × 4 B = 0.6 GiB
     assert resolve_engine(config.model_copy(update={"engine": "auto"}), [rows], [80_000]) == "partitioned"
+
+
+def test_production_config_selection_fits_its_state_budget():
+    # the README's production arithmetic: a 2M-query log, one unlabelled unit, 50,000 groups of k+1 rows
+    cfg = load_config(Path(__file__).resolve().parents[2] / "jobs/configs/queries_production.yaml").selection
+    rows, selected = 2_000_000, cfg.max_groups * (cfg.k + 1)
+    assert cfg.engine == "partitioned" and resolve_engine(cfg, [rows], [selected]) == "partitioned"
+    needed = state_bytes_needed([rows], [selected], "partitioned", cfg.partition_rows, cfg.inducing_rows)
+    assert needed == 4 * 1.25 * cfg.partition_rows * selected + (4 * rows + 8 * selected) * cfg.inducing_rows
+    assert needed <= cfg.max_state_gib * 2**30
 
 
 def test_partition_rows_must_hold_two_groups():

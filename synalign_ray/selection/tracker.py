@@ -162,7 +162,8 @@ def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: li
         raise ConfigError(f"selection.engine={engine} needs {needed:,} B = {needed / 2**30:.2f} GiB of GP state "
                           f"({formula}; {scope}) but selection.max_state_gib is {cfg.max_state_gib:g} GiB = "
                           f"{budget:,} B: raise it, lower "
-                          f"selection.max_groups or selection.partition_rows, or use engine partitioned")
+                          f"selection.max_groups, selection.partition_rows or selection.inducing_rows, or use engine "
+                          f"partitioned")
     return engine
 
 

@@ -14,6 +14,7 @@ from scipy.linalg import solve_triangular
 from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, Kernel, cross_kernel
 
 LLOYD_ITERATIONS = 5  # 2-means steps per bisection: they only orient the cut, the median makes it balanced
+INDUCING_JITTER = 1e-6  # on κ(Z, Z)'s diagonal: near-duplicate inducing rows would make it singular
 
 
 def bisect_partitions(points: np.ndarray, rows: np.ndarray, max_rows: int, seed: int) -> list[np.ndarray]:
@@ -51,9 +52,6 @@ def inducing_features(points: np.ndarray, inducing: np.ndarray, kernel: Kernel, 
     κ(Z, Z) + INDUCING_JITTER·I): φ(a)·φ(b) is the low-rank part Q of the kernel. float64 (len(points), |Z|)."""
     chol = np.linalg.cholesky(cross_kernel(inducing, inducing, kernel, tau) + INDUCING_JITTER * np.eye(len(inducing)))
     return cross_kernel(points, inducing, kernel, tau) @ solve_triangular(chol, np.eye(len(inducing)), lower=True).T
-
-
-INDUCING_JITTER = 1e-6  # on κ(Z, Z)'s diagonal: near-duplicate inducing rows would make it singular
 
 
 class _Partition:

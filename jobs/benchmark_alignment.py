@@ -141,7 +141,8 @@ def diversity(size: int = DIVERSITY_SIZE, seed: int = 0, short_only: bool = Fals
     the λ the search chose (fit time)."""
     import ray
 
-    from synalign_ray.alignment.align import align, plan_fit
+    from synalign_ray.alignment.align import align
+    from synalign_ray.alignment.plan import plan_fit
     from synalign_ray.alignment.resample import allot, draw_within
     from synalign_ray.config import build_config
     from synalign_ray.io import read_parts, resolve

@@ -36,7 +36,8 @@ def ensure_embedded(table: pa.Table, cfg: SynAlignConfig) -> tuple[pa.Table, np.
 
 def align_stage(cfg: SynAlignConfig, real_path: str, synthetic_path: str) -> dict[str, Any]:
     """`synalign align`: weights, weighted resample and metrics for synthetic rows against real rows."""
-    from synalign_ray.alignment.align import align, check_inputs
+    from synalign_ray.alignment.align import align
+    from synalign_ray.alignment.plan import check_inputs
 
     real = read_rows(real_path, cfg, "real")
     synthetic = read_rows(synthetic_path, cfg, "synthetic")

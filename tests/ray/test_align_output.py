@@ -6,7 +6,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synalign_ray.alignment.align import align, plan_fit
+from synalign_ray.alignment.align import align
+from synalign_ray.alignment.plan import plan_fit
 from synalign_ray.config import StorageConfig, build_config
 from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.io import read_manifest, read_parts, resolve

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synalign_ray.alignment.align import plan_fit
+from synalign_ray.alignment.plan import plan_fit
 from synalign_ray.alignment.resample import allot
 from synalign_ray.config import build_config
 from synalign_ray.errors import ConfigError, InputError

@@ -83,7 +83,7 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
 
 
 def _run(cfg: SynAlignConfig, folder: RunFolder, real: pa.Table, stage_cfg: StageConfig, pool: Any) -> dict[str, Any]:
-    from synalign_ray.pipeline import _generated_embeddings_stage, _score_run
+    from synalign_ray.stages.score import _generated_embeddings_stage, _score_run
     from synalign_ray.report import write_report
 
     run_dir = folder.loc

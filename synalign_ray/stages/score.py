@@ -1,5 +1,6 @@
-"""The run's scoring steps, until they move to synalign_ray/stages/ (issue 13): embedding the generated rows
-with their quality marks, and the quality table. Everything else lives in synalign_ray/stages/."""
+"""The run's scoring steps: every generated row embedded with its quality mark (near-copies of input rows, label
+mismatches, near-duplicates in a group marked dropped), and the quality table of all, kept and aligned rows against
+real rows the generator never saw, beside the real ceiling."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ displaced by seeded Gaussian jitter of JITTER per coordinate·√d (norm ≈ JIT
 
 --thresholds: where `threshold` stops on AG News dev and SST-2 train.
 --partition-sweep: on SST-2 train, the partitioned engine's k-NN-radius coverage over partition_rows, against exact.
+--hull-maps SEEDS: on SST-2 train, hull coverage of the max-variance schedules over several t-SNE maps (map noise).
 
 Run: python jobs/benchmark_selection_scale.py --coverage --scope --thresholds --scale 250000,5000; prints tables,
 asserts nothing.
@@ -143,6 +144,41 @@ def coverage(name: str, groups_total: int, partition_rows: int) -> None:
 
 
 
+def hull_maps(name: str, groups_total: int, partition_rows: int, seeds: list[int]) -> None:
+    """Hull coverage of the max-variance schedules (exact, partitioned with and without inducing rows) and random
+    anchors over several t-SNE maps (seed s: a seeded sample of MAP_ROWS rows plus these anchors, t-SNE seed s): the
+    map's own noise beside the partitioned / exact ratio."""
+    table, emb = cached_embeddings(name)
+    labels = np.asarray(table.column("label").to_pylist())
+    n = emb.shape[0]
+    runs = {}
+    for engine, inducing in ENGINES:
+        cfg = SelectionConfig(max_groups=groups_total, engine=engine, partition_rows=partition_rows, threshold=1e-6,
+                              inducing_rows=inducing)
+        runs[engine_label("max_variance", engine, inducing)] = schedule_groups(cfg, emb, labels)[0]
+    quota = dict(zip(*np.unique(labels[[g[0] for g in runs["max_variance, exact"]]], return_counts=True)))
+    for seed in range(RANDOM_SEEDS):
+        runs[f"random anchors, seed {seed}"] = random_groups(emb, labels, quota, 9, seed)
+    anchors = np.unique(np.concatenate([[g[0] for g in groups] for groups in runs.values()]))
+    hulls = {label: [] for label in runs}
+    for seed in seeds:
+        sample = np.union1d(np.random.default_rng(seed).choice(n, size=min(MAP_ROWS, n), replace=False), anchors)
+        points = tsne_map(emb[sample], seed=seed)
+        for label, groups in runs.items():
+            hulls[label].append(convex_hull_coverage(points, np.searchsorted(sample, [g[0] for g in groups]), 9)[-1])
+    print(f"\n## hull over t-SNE maps of seeds {seeds}: {name}, {groups_total} groups, max-variance\n")
+    print("| schedule | " + " | ".join(f"map {s}" for s in seeds)
+          + " | mean ± sd | / exact, per map | / exact, mean ± sd |")
+    print("| --- " * (len(seeds) + 4) + "|")
+    exact = np.array(hulls["max_variance, exact"])
+    for label, values in hulls.items():
+        values = np.array(values)
+        ratio = values / exact
+        print(f"| {label} | " + " | ".join(f"{v:.4f}" for v in values) + f" | {values.mean():.4f} ± "
+              f"{values.std(ddof=1):.4f} | " + ", ".join(f"{r:.3f}" for r in ratio)
+              + f" | {ratio.mean():.3f} ± {ratio.std(ddof=1):.3f} |", flush=True)
+
+
 def thresholds(name: str, engine: str, max_groups: int, partition_rows: int) -> None:
     """Where `threshold` stops: each label's stop level, and the groups issued when it fired (or the budget ran out)."""
     table, emb = cached_embeddings(name)
@@ -258,6 +294,7 @@ def main() -> None:
     parser.add_argument("--scope", action="store_true")
     parser.add_argument("--thresholds", action="store_true")
     parser.add_argument("--partition-sweep", action="store_true")
+    parser.add_argument("--hull-maps", help="SEEDS, e.g. 0,1,2: hull of the max-variance schedules over those maps")
     parser.add_argument("--scale", help="ROWS,GROUPS")
     parser.add_argument("--groups", type=int, default=200)
     parser.add_argument("--partition-rows", type=int, default=2000)
@@ -270,6 +307,8 @@ def main() -> None:
     if args.thresholds:
         thresholds("agnews_dev", "exact", 1000, args.partition_rows)
         thresholds("sst2_train", "partitioned", 6061, args.partition_rows)
+    if args.hull_maps:
+        hull_maps("sst2_train", args.groups, args.partition_rows, [int(x) for x in args.hull_maps.split(",")])
     if args.partition_sweep:
         partition_sweep("sst2_train", args.groups, [2000, 4000, 8000, 16000])
     if args.scope:

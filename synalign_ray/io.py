@@ -226,8 +226,12 @@ def write_part(table: pa.Table, loc: Location, name: str, storage: StorageConfig
 def write_manifest(loc: Location, manifest: dict[str, Any], storage: StorageConfig | None = None,
                    name: str = MANIFEST) -> None:
     """Write the manifest last, atomically, marking the folder complete."""
-    body = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
-    body = redact(body.decode(), storage).encode()
+    body = json.dumps(manifest, indent=2, sort_keys=True, default=str)
+    write_bytes(loc, name, redact(body, storage).encode(), storage)
+
+
+def write_bytes(loc: Location, name: str, body: bytes, storage: StorageConfig | None = None) -> None:
+    """One small file written atomically: readers see the old file, the whole new one, or none."""
     target = loc.join(name)
     try:
         if is_s3(loc.url):

@@ -296,13 +296,6 @@ table.text td{{text-align:left;vertical-align:top;width:25%;font-size:90%}}</sty
 {body}</body></html>"""
     loc = run_dir.join("report")
     target = loc.join("index.html")
-    if io.is_s3(loc.url):
-        loc.fs.pipe(target.path, page.encode())
-    else:
-        import os
-
-        os.makedirs(loc.path, exist_ok=True)
-        with open(target.path, "w") as fh:
-            fh.write(page)
+    io.write_bytes(loc, "index.html", page.encode(), cfg.storage)
     log.info("report written to %s", target.url)
     return target.url

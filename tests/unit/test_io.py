@@ -184,3 +184,12 @@ def test_local_output_path_that_is_a_file(tmp_path):
     f.write_text("x")
     with pytest.raises(StorageError, match="is a file"):
         io.check_writable(io.resolve(str(f / "sub")))
+
+
+def test_small_files_are_written_whole(store):
+    base, storage = store
+    loc = io.resolve(base + "/report", storage)
+    io.write_bytes(loc, "index.html", b"<html>one</html>", storage)
+    io.write_bytes(loc, "index.html", b"<html>two</html>", storage)
+    assert loc.fs.cat(loc.join("index.html").path) == b"<html>two</html>"
+    assert [p.rsplit("/", 1)[-1] for p in loc.fs.ls(loc.path, detail=False)] == ["index.html"], "no temp file left"

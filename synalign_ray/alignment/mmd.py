@@ -442,7 +442,7 @@ class SearchResult:
                 "frontier": self.frontier}
 
 
-def frontier_point(problem: FitProblem, result: FitResult, distinct: float, met: bool | None) -> dict[str, Any]:
+def frontier_point(result: FitResult, distinct: float, met: bool | None) -> dict[str, Any]:
     """One fit on the MMD–diversity frontier (feature-space MMD² of the fit rows: in-sample)."""
     return {"entropy": result.entropy, "mmd2_features": float(result.shares @ result.mmd_after),
             "expected_distinct": distinct, "ess": float(result.ess.sum()),
@@ -498,7 +498,7 @@ def search_entropy(call: ShardCall, settings: SearchSettings, target: DiversityT
         call("restore", "chosen")
     if met_fit is not None and reason.startswith("fit budget"):
         reason += ": smallest λ tried that meets the targets"
-    frontier = sorted((frontier_point(problem, r, d, m) for r, d, m in tried), key=lambda p: p["entropy"])
+    frontier = sorted((frontier_point(r, d, m) for r, d, m in tried), key=lambda p: p["entropy"])
     return SearchResult(mode="auto", fit=chosen[0], expected_distinct=chosen[1], met=chosen[2], reason=reason,
                         frontier=frontier, total_steps=sum(len(r.objective_history) - 1 for r, _, _ in tried))
 
@@ -511,8 +511,7 @@ def fit_fixed(call: ShardCall, params: FitParams, target: DiversityTarget) -> Se
     has_target = target.min_distinct is not None or target.min_ess is not None
     met = target.met(distinct, float(result.ess.sum())) if has_target else None
     return SearchResult(mode="fixed", fit=result, expected_distinct=distinct, met=met,
-                        reason="alignment.entropy set explicitly", frontier=[frontier_point(problem, result, distinct,
-                                                                                            met)],
+                        reason="alignment.entropy set explicitly", frontier=[frontier_point(result, distinct, met)],
                         total_steps=params.steps)
 
 

@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--repetition-penalty", type=float, default=None)
     ap.add_argument("--max-tokens", type=int, default=None, help="json variants (default: the shipped config's)")
     ap.add_argument("--show", type=int, default=4, help="rows of each variant to print")
+    ap.add_argument("--label-min-probability", type=float, default=None,
+                    help="the run's label check (quality.label_min_probability; 0: off)")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -82,7 +84,8 @@ def main() -> None:
                                            if v is not None})
     encoder = load_sentence_transformer("all-MiniLM-L6-v2")
     ref_labels = ref.column("label").to_pylist()
-    qcfg = QualityConfig()
+    qcfg = QualityConfig(**({} if args.label_min_probability is None
+                            else {"label_min_probability": args.label_min_probability}))
     bounds = quality.RowBounds.from_config(qcfg, preset.max_sample_chars)
     echo = (*qcfg.echo_terms, *quality.attribute_echo_terms(preset.attributes))
 
@@ -102,6 +105,7 @@ def main() -> None:
         [texts[i] for i in unused[:2000]], bounds, echo)]))
     results = {"real ceiling": ceiling}
     shown: dict[str, list[str]] = {}
+    every_row: dict[str, list[dict]] = {}
     for variant in args.variants.split(","):
         fmt, mode = variant.split(":")
         cfg = GenerationConfig(preset=args.preset, mode=mode, output_format=fmt, samples_per_summary=args.samples,
@@ -116,6 +120,18 @@ def main() -> None:
                  "drop_reasons": dict(Counter(r for r in reasons if r)),
                  "failed_groups": len({f["group_id"] for f in result.failures}),
                  "output_tokens_per_s": sum(t["completion"] for t in result.tokens.values()) / seconds}
+        own = {}
+        if kept:
+            # The run's label check: a classifier fit on the input rows (never the reference) must give a kept
+            # row's own label at least label_min_probability.
+            own = dict(zip(kept, quality.own_label_probability(inp_emb, labels, embed([rows[i] for i in kept]),
+                                                               [result.rows[i]["label"] for i in kept], args.seed)))
+            for i, p in own.items():
+                if p < qcfg.label_min_probability:
+                    reasons[i] = "label_mismatch"
+            entry["drop_reasons"] = dict(Counter(r for r in reasons if r))
+            kept = [i for i in kept if reasons[i] is None]
+            entry.update(check_pass=len(kept) / max(len(rows), 1), kept=len(kept))
         if kept:
             emb = embed([rows[i] for i in kept])
             entry.update(quality.score_set(emb, [result.rows[i]["label"] for i in kept], [rows[i] for i in kept],
@@ -123,12 +139,14 @@ def main() -> None:
                                            group_ids=[result.rows[i]["group_id"] for i in kept], input_emb=inp_emb,
                                            near_copy_cosine=qcfg.near_copy_cosine))
         results[variant] = entry
+        every_row[variant] = [{"label": r["label"], "text": r["text"], "reason": reasons[i],
+                               "own_label_probability": own.get(i)} for i, r in enumerate(result.rows)]
         shown[variant] = [f"[{reasons[i] or 'kept'}] {rows[i]}" for i in range(min(args.show, len(rows)))]
         print(f"{variant}: {len(rows)} rows in {seconds:.1f} s", flush=True)
 
     print(f"\nquality: {args.preset}, {args.groups} groups x {args.samples} samples, SmolLM2-135M-Instruct "
           f"(engine start {engine_seconds:.0f} s), temperature {sampling.temperature}, repetition penalty "
-          f"{sampling.repetition_penalty}; scored against {REFERENCE_ROWS} held-out real rows")
+          f"{sampling.repetition_penalty}, label check {qcfg.label_min_probability}; scored against {REFERENCE_ROWS} held-out real rows")
     print("| variant | rows | pass checks | kept | two-sample AUC | label agreement | MAUVE | distinct-2 | "
           "near-copies | nearest-real cos | out tok/s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -147,7 +165,7 @@ def main() -> None:
             print("   ", row[:160])
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"preset": args.preset, "results": results, "samples": shown}, fh, indent=1)
+            json.dump({"preset": args.preset, "results": results, "samples": shown, "rows": every_row}, fh, indent=1)
 
 
 if __name__ == "__main__":

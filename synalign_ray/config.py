@@ -202,6 +202,9 @@ class QualityConfig(_Strict):
                                           description="share of words inside a word n-gram seen twice or more")
     echo_terms: list[str] = Field(default_factory=list, description="prompt/schema echoes beyond the built-in ones")
     near_copy_cosine: float = Field(default=0.95, gt=0.0, le=1.0, description="cosine counting as a near-copy")
+    label_min_probability: float = Field(
+        default=0.5, ge=0.0, lt=1.0, description="label_mismatch: drop rows to whose own label a classifier fit on "
+        "the input rows (never the scoring reference) gives less probability; 0 turns the check off")
     reference_path: str | None = Field(default=None, description="real rows that are not in the input, to score "
                                        "against (same format rules as data.path); default: input rows never "
                                        "shown to the generator")

@@ -297,6 +297,34 @@ def label_agreement(real_emb: np.ndarray, real_labels: Sequence[Any], gen_emb: n
         return float(np.mean(clf.predict(np.asarray(gen_emb)) == gen_y))
 
 
+def own_label_probability(train_emb: np.ndarray, train_labels: Sequence[Any], gen_emb: np.ndarray,
+                          gen_labels: Sequence[Any], seed: int, max_rows: int = MAX_SCORED_ROWS) -> np.ndarray:
+    """Per generated row, the probability that a classifier fit on `train` rows (logistic regression on the
+    embeddings, a seeded sample of at most max_rows) gives the row's own label. A label that no training row has
+    cannot be judged and reads 1.0, as does every row when the training rows hold fewer than two labels.
+
+    The filter twin of label_agreement (with two labels, probability ≥ 0.5 is agreement): fit it on input rows
+    only, never on the rows a run is scored against.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    train_y = np.asarray([str(v) for v in train_labels], dtype=object)
+    gen_y = np.asarray([str(v) for v in gen_labels], dtype=object)
+    if len(gen_y) != len(gen_emb) or len(train_y) != len(train_emb):
+        raise ValueError("own_label_probability: labels and embeddings differ in length")
+    out = np.ones(len(gen_y), dtype=np.float64)
+    if len(gen_y) == 0 or len(np.unique(train_y)) < 2:
+        return out
+    keep = _subsample(len(train_y), max_rows, np.random.default_rng(seed))
+    with _one_thread():
+        clf = LogisticRegression(max_iter=2000).fit(np.asarray(train_emb)[keep], train_y[keep])
+        proba = clf.predict_proba(np.asarray(gen_emb))
+    column = {c: i for i, c in enumerate(clf.classes_)}
+    known = np.flatnonzero([y in column for y in gen_y])
+    out[known] = proba[known, [column[y] for y in gen_y[known]]]
+    return out
+
+
 def mauve_buckets(n_p: int, n_q: int) -> int:
     """MAUVE's histogram size: mauve-text's own 'auto' rule, a tenth of the smaller side, at least 2."""
     return max(2, int(round(min(n_p, n_q) / 10)))

@@ -49,6 +49,23 @@ def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_
     for i in live[nearest >= q.near_copy_cosine]:
         reasons[i] = "near_copy"
     near_copies = int((nearest >= q.near_copy_cosine).sum())
+    label_mismatches = 0
+    label = cfg.data.label_column
+    if q.label_min_probability > 0 and label and label in embedded.column_names:
+        from synalign_ray.quality import own_label_probability
+
+        # Fit on input rows outside the scoring reference, so the check never sees the rows label agreement uses.
+        demos = {int(i) for ids in out.column("demo_row_ids").to_pylist() for i in ids}
+        held = set(_quality_reference_split(cfg, embedded, demos)[0].column(io.ROW_ID).to_pylist())
+        train = embedded.filter(pa.array([int(i) not in held for i in embedded.column(io.ROW_ID).to_pylist()]))
+        live = np.flatnonzero([r is None for r in reasons])
+        consistent = own_label_probability(io.embeddings_from_arrow(train.column(io.EMBEDDING)),
+                                           train.column(label).to_pylist(), emb[live],
+                                           out.column("label").take(pa.array(live)).to_pylist(),
+                                           q.seed) >= q.label_min_probability
+        for i in live[~consistent]:
+            reasons[i] = "label_mismatch"
+        label_mismatches = int((~consistent).sum())
     near_duplicates = 0
     if cfg.generation.dedup_near_threshold is not None:
         from synalign_ray.generation.dedup import near_duplicate_keep
@@ -62,7 +79,8 @@ def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_
     if q.filter:
         out = out.set_column(out.column_names.index(DROP_REASON), DROP_REASON, pa.array(reasons, pa.string()))
     failed_checks = dict(gen_manifest.get("failed_checks", {}))
-    for name, count in (("near_copy", near_copies), ("near_duplicate", near_duplicates)):
+    for name, count in (("near_copy", near_copies), ("label_mismatch", label_mismatches),
+                        ("near_duplicate", near_duplicates)):
         if count:
             failed_checks[name] = count
     kept_rows = sum(r is None for r in reasons)
@@ -71,6 +89,19 @@ def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_
     return write_table(out, loc, cfg, {"kind": "embeddings", "input": gen_loc.url, "model": cfg.embedding.model,
                                        "dim": emb.shape[1], "failed_checks": failed_checks,
                                        "kept_rows": kept_rows}), out
+
+
+def _quality_reference_split(cfg: SynAlignConfig, embedded: pa.Table, demos: set[int]) -> tuple[pa.Table, pa.Table]:
+    """(reference, pool) among the input rows no group showed the generator: without quality.reference_path a
+    seeded half at most (quality.reference_rows) is the scoring reference and the rest the ceiling's pool; with
+    it, the reference comes from that file (the first table is then empty) and every unseen row is pool."""
+    unseen = embedded.filter(pa.array([int(i) not in demos for i in embedded.column(io.ROW_ID).to_pylist()]))
+    if cfg.quality.reference_path:
+        return unseen.slice(0, 0), unseen
+    order = np.random.default_rng(cfg.quality.seed).permutation(unseen.num_rows)
+    # Half the unseen rows at most, so the ceiling has other real rows to draw from.
+    size = min(cfg.quality.reference_rows, unseen.num_rows // 2)
+    return unseen.take(pa.array(np.sort(order[:size]))), unseen.take(pa.array(np.sort(order[size:])))
 
 
 def _score_run(cfg: SynAlignConfig, embedded: pa.Table, gen_embedded: pa.Table, aligned: pa.Table) -> dict[str, Any]:
@@ -82,17 +113,12 @@ def _score_run(cfg: SynAlignConfig, embedded: pa.Table, gen_embedded: pa.Table, 
     rng = np.random.default_rng(q.seed)
     real_emb = io.embeddings_from_arrow(embedded.column(io.EMBEDDING))
     demos = {int(i) for ids in gen_embedded.column("demo_row_ids").to_pylist() for i in ids}
-    unseen = embedded.filter(pa.array([int(i) not in demos for i in embedded.column(io.ROW_ID).to_pylist()]))
+    reference, pool = _quality_reference_split(cfg, embedded, demos)
     if q.reference_path:
         reference = ensure_embedded(read_rows(q.reference_path, cfg, "quality reference"), cfg)[0]
         where = f"{q.reference_path} ({min(reference.num_rows, q.reference_rows)} rows)"
-        pool = unseen
     else:
-        order = rng.permutation(unseen.num_rows)
-        # Half the unseen rows at most, so the ceiling has other real rows to draw from.
-        size = min(q.reference_rows, unseen.num_rows // 2)
-        reference, pool = unseen.take(pa.array(np.sort(order[:size]))), unseen.take(pa.array(np.sort(order[size:])))
-        where = f"{size} input rows never shown to the generator"
+        where = f"{reference.num_rows} input rows never shown to the generator"
     if reference.num_rows > q.reference_rows:
         reference = reference.take(pa.array(np.sort(rng.choice(reference.num_rows, q.reference_rows, replace=False))))
     ref_emb = io.embeddings_from_arrow(reference.column(io.EMBEDDING))

@@ -223,6 +223,29 @@ def test_label_agreement_needs_two_real_labels(sst2_train):
         label_agreement(emb[:100], ["positive"] * 100, emb[100:110], ["positive"] * 10, seed=0)
 
 
+def test_own_label_probability_is_the_filter_twin_of_label_agreement(sst2_train, sst2_dev):
+    (train_rows, train_emb), (dev_rows, dev_emb) = sst2_train, sst2_dev
+    train_y, dev_y = train_rows.column("label").to_pylist(), dev_rows.column("label").to_pylist()
+    own = quality.own_label_probability(train_emb, train_y, dev_emb, dev_y, seed=0)
+    # Two labels, the same classifier: rows at 0.5 or more are the agreeing ones, and they agree completely.
+    assert (own >= 0.5).mean() == pytest.approx(label_agreement(train_emb, train_y, dev_emb, dev_y, seed=0))
+    kept = np.flatnonzero(own >= 0.5)
+    assert label_agreement(train_emb, train_y, dev_emb[kept], [dev_y[i] for i in kept], seed=0) == 1.0
+    # The other label's probability is the complement.
+    flipped = ["negative" if y == "positive" else "positive" for y in dev_y]
+    np.testing.assert_allclose(quality.own_label_probability(train_emb, train_y, dev_emb, flipped, seed=0), 1 - own,
+                               atol=1e-6)  # float32 embeddings
+
+
+def test_own_label_probability_cannot_judge_unknown_labels_or_one_training_label(sst2_train):
+    rows, emb = sst2_train
+    y = rows.column("label").to_pylist()
+    assert (quality.own_label_probability(emb[:500], y[:500], emb[500:520], ["neutral"] * 20, seed=0) == 1).all()
+    assert (quality.own_label_probability(emb[:100], ["positive"] * 100, emb[100:120], ["negative"] * 20,
+                                          seed=0) == 1).all()
+    assert quality.own_label_probability(emb[:100], y[:100], emb[:0], [], seed=0).shape == (0,)
+
+
 def test_mauve_of_identical_sets_is_one(sst2_train):
     _, emb = sst2_train
     assert mauve_score(emb[:300], emb[:300], seed=0) == pytest.approx(1.0, abs=1e-6)

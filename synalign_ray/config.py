@@ -165,7 +165,7 @@ class AlignmentConfig(_Strict):
     search_steps: PositiveInt = Field(default=50, description="steps of each warm-started fit after the first")
     holdout_fraction: float = Field(default=0.2, ge=0.0, lt=1.0,
                                     description="seeded share of real rows per label kept out of the fit for metrics")
-    # Defaults from jobs/measure_alignment.py (SST-2 vs a skewed SST-2 dev + AG News pool): rff |Θ|=1000 by label;
+    # Defaults from jobs/studies/measure_alignment.py (SST-2 vs a skewed SST-2 dev + AG News pool): rff |Θ|=1000 by label;
     # more steps gave no better held-out numbers, and each step costs one pass over the synthetic features.
     steps: PositiveInt = 150
     learning_rate: PositiveFloat = Field(default=4.0, description="step in units of 1/L (L = 2·max‖φ‖² + λ)")

@@ -412,7 +412,7 @@ class SearchSettings:
 
 
 # The first λ tried, in units of the problem's scale λ₀ = MMD²(uniform) / mean log n (where the KL term at its
-# largest equals the data term at uniform weights). On the SST-2 pools measured (jobs/benchmark_alignment.py
+# largest equals the data term at uniform weights). On the SST-2 pools measured (jobs/benchmarks/benchmark_alignment.py
 # --only diversity) the chosen λ lay between 10⁻⁴·λ₀ and 10⁻¹·λ₀, so starting at the top of that range reaches
 # it within 3 decades, before bisection.
 _FIRST_ENTROPY = 0.1

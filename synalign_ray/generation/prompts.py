@@ -140,7 +140,7 @@ def simprompt_messages(preset: Preset, label: str | None, n: int) -> Messages:
 
 
 # --------------------------------------------------------------------------------------- plain-text format
-# Measured on the packaged SmolLM2-135M (jobs/benchmark_quality.py): under a JSON grammar with length caps it writes
+# Measured on the packaged SmolLM2-135M (jobs/benchmarks/benchmark_quality.py): under a JSON grammar with length caps it writes
 # digit runs and echoed keys; continuing a numbered list of real rows, one line per answer, it writes rows a
 # classifier barely tells from real ones. The text format keeps both stages: stage 1 answers "Attribute: value"
 # lines (parsed leniently), stage 2 shows that summary and continues the group's numbered list with n answers.

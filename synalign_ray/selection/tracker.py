@@ -18,10 +18,10 @@ from synalign_ray.selection.partitions import PartitionShard, bisect_partitions,
 
 log = logging.getLogger(__name__)
 
-# tau: auto = AUTO_TAU_FACTOR × median pairwise distance of AUTO_TAU_SAMPLE seeded rows (see jobs/measure_coverage.py).
+# tau: auto = AUTO_TAU_FACTOR × median pairwise distance of AUTO_TAU_SAMPLE seeded rows (see jobs/studies/measure_coverage.py).
 AUTO_TAU_FACTOR = 0.5
 AUTO_TAU_SAMPLE = 2_000
-# rule: density_weighted (see density_weights; constants chosen by jobs/benchmark_selection_scale.py).
+# rule: density_weighted (see density_weights; constants chosen by jobs/benchmarks/benchmark_selection_scale.py).
 DENSITY_SAMPLE = 1000
 DENSITY_BANDWIDTH = 0.5
 DENSITY_POWER = 1.0
@@ -29,7 +29,7 @@ DENSITY_POWER = 1.0
 # draws more: allocation stays within this factor of the rows used (state_bytes_needed counts it).
 PARTITION_GROWTH = 1.25
 # Pending rows before a partition writes V for all its rows. A partition is small, so writing often is cheap, and
-# with nothing pending the next anchor is a plain argmax of the bounds (jobs/benchmark_selection_scale.py measured it).
+# with nothing pending the next anchor is a plain argmax of the bounds (jobs/benchmarks/benchmark_selection_scale.py measured it).
 PARTITION_SYNC_ROWS = 1
 
 
@@ -106,7 +106,7 @@ def stop_variance(cfg: SelectionConfig) -> float:
     floor is the variance of a row observed once, the level the largest variance decays to as a label's rows run
     out (MiniLM embeddings, σ_n² = 1: 0.60 after 200 of AG News dev's 1,000 possible groups, 0.50 after 6,000 of
     SST-2 train's 6,061). An absolute threshold below it never fires: the old default 0.05 did not. `threshold` is the
-    share of the prior variance above that floor the least-covered row may keep (jobs/benchmark_selection_scale.py
+    share of the prior variance above that floor the least-covered row may keep (jobs/benchmarks/benchmark_selection_scale.py
     --thresholds prints where each value stops).
     """
     floor = cfg.noise / (1.0 + cfg.noise)

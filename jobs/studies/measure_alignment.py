@@ -1,15 +1,19 @@
 """Measure alignment on real data: a skewed pool (SST-2 dev, negatives over-represented, plus AG News rows with
 random SST-2 labels) aligned to SST-2 train; distances to held-out SST-2 rows and downstream accuracy per setting.
 
-Run: python jobs/measure_alignment.py [--size 4000]  (prints a table; embeddings cached in SYNALIGN_BENCH_CACHE)
+Run: python jobs/studies/measure_alignment.py [--size 4000]  (prints a table; embeddings cached in SYNALIGN_BENCH_CACHE)
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+# bench_common (the row type, data and caches) lives beside the benchmarks.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_common import Row, cached_embeddings, write_json
 from sklearn.linear_model import LogisticRegression
 

@@ -1,7 +1,7 @@
 """Benchmark: the generator pool's output tokens/s against bare `vllm.LLM.generate` on the same prompts (the
-default output format's two stages) and engine settings. What the rows are worth: jobs/benchmark_quality.py.
+default output format's two stages) and engine settings. What the rows are worth: jobs/benchmarks/benchmark_quality.py.
 
-Run: .venv/bin/python jobs/benchmark_generation.py [--groups 16] [--samples 5]   (prints; asserts nothing)
+Run: .venv/bin/python jobs/benchmarks/benchmark_generation.py [--groups 16] [--samples 5]   (prints; asserts nothing)
 """
 
 from __future__ import annotations

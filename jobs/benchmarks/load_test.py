@@ -1,7 +1,7 @@
 """Load test on this machine: 200k synthetic x 60k real rows through distributed alignment and weighted
 resampling, and GP selection over 60k real rows with 2,000 selected. Prints wall time and peak RSS; asserts nothing.
 
-Run: .venv/bin/python jobs/load_test.py [--synthetic 200000] [--size 50000] [--shards 2]
+Run: .venv/bin/python jobs/benchmarks/load_test.py [--synthetic 200000] [--size 50000] [--shards 2]
 """
 
 from __future__ import annotations

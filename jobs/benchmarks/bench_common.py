@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 DATA_DIR = Path(os.environ.get("SYNALIGN_DATA_DIR", REPO.parent / "shared" / "data"))
 CACHE = Path(os.environ.get("SYNALIGN_BENCH_CACHE", "/tmp/synalign_bench"))

@@ -1,7 +1,7 @@
 """Measurement for `synalign run`: embed the generated rows as their batches land (one encoder actor next to the
 generators), or in one Ray Data pass after generation (what the pipeline does). Which gives the rows sooner?
 
-Run: .venv/bin/python jobs/measure_overlap.py [--groups 12] [--rounds 2]   (prints; asserts nothing)
+Run: .venv/bin/python jobs/studies/measure_overlap.py [--groups 12] [--rounds 2]   (prints; asserts nothing)
 The demo's settings (synalign_ray/configs/local.yaml); the same seeded groups in both variants, so the generated
 rows are the same, and one generator pool (engine start-up excluded) for every round. Variants alternate per round.
 """
@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
+from pathlib import Path
 
+# bench_common (the row type, data and caches) lives beside the benchmarks.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_common import Row, write_json
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -1,7 +1,7 @@
 """Every benchmark in one process, one table: stage, our figure, the baseline measured in the same run, ratio,
 target. Nothing is asserted: these machines are noisy, so only same-run ratios mean anything.
 
-Run: .venv/bin/python jobs/benchmark.py [--only embedding,selection,generation,alignment,load,demo] [--quick]
+Run: .venv/bin/python jobs/benchmarks/benchmark.py [--only embedding,selection,generation,alignment,load,demo] [--quick]
      [--json results.json]
 """
 

@@ -1,6 +1,6 @@
 """Benchmark: the Ray Data embedding stage against plain single-process SentenceTransformer.encode, same rows.
 
-Run: .venv/bin/python jobs/benchmark_embedding.py [--rows 60614] [--actors 2] [--batch-size 256]
+Run: .venv/bin/python jobs/benchmarks/benchmark_embedding.py [--rows 60614] [--actors 2] [--batch-size 256]
 Prints rows/s of both and their ratio (target >= 0.95x), plus peak memory of each; asserts nothing.
 """
 

@@ -1,14 +1,18 @@
 """Coverage of real data by GP-selected vs uniformly random demonstration groups, and the τ sweep (paper §4.4.1, §4.5.1).
 
-Run: python jobs/measure_coverage.py [--rows 4000] [--steps 200]; prints tables, asserts nothing.
+Run: python jobs/studies/measure_coverage.py [--rows 4000] [--steps 200]; prints tables, asserts nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+# bench_common (the row type, data and caches) lives beside the benchmarks.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_common import CACHE, Row, cached_embeddings, cached_npy, write_json
 
 from synalign_ray.config import SelectionConfig

@@ -3,7 +3,7 @@ actors (wall time, peak memory, largest weight difference). Diversity: `align` w
 min_distinct) on a skewed SST-2 + AG News pool against SST-2 train, beside baselines from the same run.
 Asserts nothing.
 
-Run: python jobs/benchmark_alignment.py [--only speed,diversity] [--shards 2] [--projections 1000]
+Run: python jobs/benchmarks/benchmark_alignment.py [--only speed,diversity] [--shards 2] [--projections 1000]
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ def diversity(size: int = DIVERSITY_SIZE, seed: int = 0, short_only: bool = Fals
 
 
 def run(shards: int = 2, projections: int = 1000) -> list[Row]:
-    """Both benchmarks, for jobs/benchmark.py's combined table."""
+    """Both benchmarks, for jobs/benchmarks/benchmark.py's combined table."""
     return speed(shards, projections) + diversity()
 
 

@@ -1,7 +1,8 @@
 """What the generators write, judged against real rows that were not in the input: modes x output formats on the
 same demonstration groups and seeds, with the real-vs-real ceiling beside them.
 
-Run: .venv/bin/python jobs/benchmarks/benchmark_quality.py [--preset sst2|agnews] [--groups 24] [--variants text:two_stage,...]
+Run: .venv/bin/python jobs/benchmarks/benchmark_quality.py [--preset sst2|agnews] [--groups 24]
+     [--variants text:two_stage,...]
 Prints one table (rows, share passing every check, kept rows, two-sample AUC, label agreement, MAUVE, distinct-2,
 near-copies, output tokens/s) and a few rows of each variant; writes the same as JSON with --json PATH.
 """

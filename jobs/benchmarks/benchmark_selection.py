@@ -3,7 +3,8 @@
 The bound is given twice, both measured in the same run: N·|S|² flop at the square-GEMM rate (peak), and the time of
 the run's V-write products alone at their real shapes (N × s)·(s × rows per write).
 
-Run: python jobs/benchmarks/benchmark_selection.py; prints a table of times, memory and ratios measured in this run; asserts nothing.
+Run: python jobs/benchmarks/benchmark_selection.py; prints a table of times, memory and ratios measured in this run;
+asserts nothing.
 """
 
 from __future__ import annotations

@@ -16,8 +16,8 @@ displaced by seeded Gaussian jitter of JITTER per coordinate·√d (norm ≈ JIT
 --partition-sweep: on SST-2 train, the partitioned engine's k-NN-radius coverage over partition_rows, against exact.
 --hull-maps SEEDS: on SST-2 train, hull coverage of the max-variance schedules over several t-SNE maps (map noise).
 
-Run: python jobs/benchmarks/benchmark_selection_scale.py --coverage --scope --thresholds --scale 250000,5000; prints tables,
-asserts nothing.
+Run: python jobs/benchmarks/benchmark_selection_scale.py --coverage --scope --thresholds --scale 250000,5000;
+prints tables, asserts nothing.
 """
 
 from __future__ import annotations

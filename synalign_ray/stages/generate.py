@@ -13,7 +13,7 @@ import pyarrow as pa
 from synalign_ray import io, runtime
 from synalign_ray.config import GenerationConfig, SynAlignConfig
 from synalign_ray.errors import InputError
-from synalign_ray.run_folder import RunFolder, settings_for
+from synalign_ray.run_folder import RunFolder, settings_for, write_parts
 from synalign_ray.stages.common import stamp, top_reasons
 from synalign_ray.stages import embed
 from synalign_ray.stages.select import read_schedule
@@ -127,7 +127,7 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
     Resumable: rerun with the same output path and only the groups not yet written are generated. A running
     `GeneratorPool` of the same model may be passed in to skip engine start-up; it is left running.
     """
-    from synalign_ray.generation.ledger import GenerationLedger, dropped_location
+    from synalign_ray.generation.ledger import DROPPED_SCHEMA, GenerationLedger, dropped_location
     from synalign_ray.generation.prompts import load_preset, prompt_fingerprint
     from synalign_ray.models import check_llm
 
@@ -167,6 +167,8 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
 
         totals = ledger.totals()
         parts, dropped_parts = totals.pop("parts"), totals.pop("dropped_parts")
+        if not dropped_parts:  # one empty part, so that every Parquet reader opens the folder (schema included)
+            dropped_parts = write_parts(DROPPED_SCHEMA.empty_table(), ledger.dropped_loc, cfg.storage, "empty", 1)
         io.write_manifest(ledger.dropped_loc, {"kind": "dropped", "of": out.url, "parts": dropped_parts,
                                                "rows": totals["dropped_rows"],
                                                "failed_checks": totals["failed_checks"]}, cfg.storage)

@@ -87,6 +87,7 @@ def test_default_run_end_to_end_and_resume(run_target, generator_pool):
     assert "two-sample AUC" in page
     text = _all_text(loc)
     assert "runsecret9" not in text and "AKIDRUNTEST0001" not in text
+    _open_with_parquet_readers(loc, manifest)
     # A second invocation finds the run complete and regenerates nothing.
     ledgers = loc.fs.find(loc.join("generated", LEDGER_DIR).path)
     again = run_stage(cfg, pool=generator_pool)
@@ -100,6 +101,24 @@ def test_default_run_end_to_end_and_resume(run_target, generator_pool):
     assert third["counts"] == counts
     if not out.startswith("s3://"):
         _evaluate(out)
+
+
+def _open_with_parquet_readers(loc: io.Location, manifest: dict) -> None:
+    """Every data folder of the run opens as written with pyarrow's dataset and read_table and with Ray Data, and
+    holds exactly the rows its manifest lists (metadata files start with `_`, and readers skip them)."""
+    import pyarrow.dataset as pds
+    import pyarrow.parquet as pq
+    import ray
+
+    fs = loc.pyarrow_fs()
+    for name in ("embeddings", "generated", "generated_dropped", "generated_embeddings", "aligned"):
+        folder = loc.join(name)
+        expected = io.read_parts(folder)
+        assert pds.dataset(folder.path, filesystem=fs, format="parquet").to_table().num_rows == expected.num_rows
+        table = pq.read_table(folder.path, filesystem=fs)
+        assert table.num_rows == expected.num_rows and set(table.column_names) == set(expected.column_names), name
+        assert ray.data.read_parquet(folder.path, filesystem=fs).count() == expected.num_rows, name
+    assert manifest["report"].endswith("index.html")  # report/ is HTML beside the data folders, not a dataset
 
 
 def _evaluate(run_dir: str) -> None:

@@ -57,7 +57,7 @@ def plan_quotas(label_counts: dict[Any, int], max_groups: int, budget: str, k: i
     return {l: int(min(q, label_counts[l] // (k + 1))) for l, q in zip(labels, quotas)}
 
 
-def _validate(embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
+def check_inputs(embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
               cfg: SelectionConfig) -> dict[str, int]:
     """Raise on input no selection can use; return the labels too small for one group (label → rows), skipped."""
     if not isinstance(cfg, SelectionConfig):
@@ -192,7 +192,7 @@ class SelectionTracker:
     def __init__(self, embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
                  cfg: SelectionConfig, num_shards: int = 1,
                  make_shard: Callable[..., Any] = PartitionShard):
-        self.skipped_labels = _validate(embeddings, labels, row_ids, cfg)
+        self.skipped_labels = check_inputs(embeddings, labels, row_ids, cfg)
         self.cfg = cfg
         norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
         unit = np.ascontiguousarray(embeddings / norms, dtype=np.float32)

@@ -30,12 +30,16 @@ def select_stage(cfg: SynAlignConfig, embedded_path: str) -> dict[str, Any]:
     if label_column is not None and label_column not in table.column_names:
         raise InputError(f"label column '{label_column}' not in {embedded_path} (set data.label_column=null "
                          "to select without labels)")
+    from synalign_ray.selection.tracker import check_inputs
+
+    labels = table.column(label_column).to_pylist() if label_column else None
+    # Before the output's lease: a job that cannot select must not hold (or contend for) the folder.
+    check_inputs(emb, labels, table.column(io.ROW_ID).to_numpy(), cfg.selection)
     loc = io.resolve(cfg.output.path, cfg.storage)
     settings = settings_for(cfg, ("selection",), embeddings=embedded_path, label_column=label_column)
     with RunFolder(loc, cfg.storage).open(settings, cfg.output.overwrite) as folder:
         if folder.reused is not None:
             return folder.reused
-        labels = table.column(label_column).to_pylist() if label_column else None
         t0 = time.monotonic()
         schedule = build_schedule(cfg.selection, emb, labels, table.column(io.ROW_ID).to_numpy())
         seconds = time.monotonic() - t0

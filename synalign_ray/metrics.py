@@ -184,19 +184,21 @@ def coverage_profile(real: np.ndarray, selected: np.ndarray, rows: np.ndarray, r
 
 # ------------------------------------------------------------------------- distribution distances (alignment)
 def median_pairwise_distance(x: np.ndarray, max_rows: int = 1000, seed: int = 0) -> float:
-    """Median Euclidean distance between distinct rows of a seeded subsample: the RBF bandwidth heuristic."""
+    """Median Euclidean distance between distinct rows of a seeded subsample of at most max_rows rows: the RBF
+    bandwidth heuristic (alignment) and the GP length scale's base (selection's τ auto)."""
     x = np.asarray(x, dtype=np.float64)
     if x.shape[0] < 2:
         raise ValueError("the median heuristic needs at least 2 rows")
     if x.shape[0] > max_rows:
-        x = x[np.random.default_rng(seed).choice(x.shape[0], size=max_rows, replace=False)]
-    sq = _squared_distances(x, x)
-    return float(np.sqrt(np.median(sq[np.triu_indices(x.shape[0], k=1)])))
+        x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], size=max_rows, replace=False))]
+    sq = squared_distances(x, x)
+    return float(np.median(np.sqrt(sq[np.triu_indices(x.shape[0], k=1)])))
 
 
-def _squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2.0 * (x @ y.T)
-    return np.maximum(sq, 0.0)
+def squared_distances(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Squared Euclidean distances between the rows of x and of y, clipped at 0 against rounding."""
+    sq = np.einsum("ij,ij->i", x, x)[:, None] + np.einsum("ij,ij->i", y, y)[None, :] - 2.0 * (x @ y.T)
+    return np.maximum(sq, 0.0, out=sq)
 
 
 def mmd2_rbf(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None, seed: int = 0) -> float:
@@ -209,9 +211,9 @@ def mmd2_rbf(x: np.ndarray, y: np.ndarray, bandwidth: float | None = None, seed:
     if bandwidth is None:
         bandwidth = median_pairwise_distance(np.vstack([x, y]), seed=seed)
     gamma = 1.0 / (2.0 * bandwidth * bandwidth)
-    kxx = np.exp(-gamma * _squared_distances(x, x))
-    kyy = np.exp(-gamma * _squared_distances(y, y))
-    kxy = np.exp(-gamma * _squared_distances(x, y))
+    kxx = np.exp(-gamma * squared_distances(x, x))
+    kyy = np.exp(-gamma * squared_distances(y, y))
+    kxy = np.exp(-gamma * squared_distances(x, y))
     return float((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (n * (n - 1))
                  - 2.0 * kxy.mean())
 
@@ -224,7 +226,7 @@ def wasserstein1(x: np.ndarray, y: np.ndarray) -> float:
     y = np.asarray(y, dtype=np.float64)
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"exact Wasserstein-1 here takes equal-size samples, got {x.shape[0]} and {y.shape[0]}")
-    cost = np.sqrt(_squared_distances(x, y))
+    cost = np.sqrt(squared_distances(x, y))
     uniform = np.full(x.shape[0], 1.0 / x.shape[0])
     return float(ot.emd2(uniform, uniform, cost, numItermax=10_000_000))
 

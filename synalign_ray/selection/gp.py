@@ -9,6 +9,8 @@ from typing import Literal
 
 import numpy as np
 
+from synalign_ray.metrics import squared_distances
+
 Kernel = Literal["exponential", "rbf"]
 
 # float32 ‖a‖² + ‖b‖² − 2ab loses ~1e-7·(‖a‖² + ‖b‖²) to cancellation. Where the squared distance is below this
@@ -47,28 +49,8 @@ def cross_kernel(rows: np.ndarray, points: np.ndarray, kernel: Kernel, tau: floa
 
     Distances are taken in float64, where the cancellation in ‖a‖² + ‖b‖² − 2ab is ~1e-16 and harmless.
     """
-    a = np.asarray(rows, dtype=np.float64)
-    b = np.asarray(points, dtype=np.float64)
-    sq = np.einsum("ij,ij->i", a, a)[:, None] + np.einsum("ij,ij->i", b, b)[None, :] - 2.0 * (a @ b.T)
-    return kernel_from_sq_dist(np.maximum(sq, 0.0, out=sq), kernel, tau, overwrite=True)
-
-
-def median_pairwise_distance(points: np.ndarray, sample_size: int, seed: int) -> float:
-    """Median Euclidean distance over all pairs of a seeded sample of `sample_size` rows."""
-    rng = np.random.default_rng(seed)
-    n = points.shape[0]
-    pick = np.sort(rng.choice(n, size=min(sample_size, n), replace=False))
-    sample = np.asarray(points[pick], dtype=np.float64)
-    sq = pairwise_sq_dist(sample)
-    upper = np.triu_indices(sample.shape[0], k=1)
-    return float(np.median(np.sqrt(sq[upper])))
-
-
-def pairwise_sq_dist(sample: np.ndarray) -> np.ndarray:
-    """Squared Euclidean distances between all rows of a small float64 sample."""
-    sq_norm = np.einsum("ij,ij->i", sample, sample)
-    sq = sq_norm[:, None] + sq_norm[None, :] - 2.0 * (sample @ sample.T)
-    return np.maximum(sq, 0.0)
+    sq = squared_distances(np.asarray(rows, dtype=np.float64), np.asarray(points, dtype=np.float64))
+    return kernel_from_sq_dist(sq, kernel, tau, overwrite=True)
 
 
 def _touched_zeros(shape: tuple[int, int]) -> np.ndarray:

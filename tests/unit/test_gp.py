@@ -8,8 +8,8 @@ import pytest
 import torch
 from scipy.linalg import cho_factor, solve_triangular
 
-from synalign_ray.selection.gp import (TIE_TOLERANCE, IncrementalGP, cross_kernel, lengthscale,
-                                       median_pairwise_distance)
+from synalign_ray.metrics import median_pairwise_distance
+from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, cross_kernel, lengthscale
 
 N_ROWS = 1500
 GROUP = 10

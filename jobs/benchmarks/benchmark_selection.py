@@ -20,7 +20,8 @@ from bench_common import Row, cached_embeddings, compared, print_rows, write_jso
 
 from synalign_ray.config import SelectionConfig
 from synalign_ray.selection.gp import SYNC_ROWS, lengthscale
-from synalign_ray.selection.tracker import SelectionTracker, auto_tau
+from synalign_ray.selection.plan import auto_tau
+from synalign_ray.selection.tracker import SelectionTracker
 
 PREDICT_ROWS = 2048  # rows per ExactGP prediction call
 

@@ -31,7 +31,8 @@ from bench_common import CACHE, PeakRSS, cached_embeddings, cached_npy
 from synalign_ray.config import SelectionConfig
 from synalign_ray.metrics import convex_hull_coverage, coverage_profile, knn_radii_of, tsne_map
 from synalign_ray.selection.schedule import build_schedule
-from synalign_ray.selection.tracker import PARTITION_GROWTH, SelectionTracker
+from synalign_ray.selection.plan import PARTITION_GROWTH
+from synalign_ray.selection.tracker import SelectionTracker
 
 KS = [1, 2, 5, 10, 20]
 DISTANCES = [0.6, 0.8, 1.0]

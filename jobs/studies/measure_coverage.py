@@ -18,7 +18,7 @@ from bench_common import CACHE, Row, cached_embeddings, cached_npy, write_json
 from synalign_ray.config import SelectionConfig
 from synalign_ray.metrics import convex_hull_coverage, knn_radii, knn_radius_coverage, random_groups, tsne_map
 from synalign_ray.selection.schedule import build_schedule
-from synalign_ray.selection.tracker import AUTO_TAU_FACTOR, auto_tau
+from synalign_ray.selection.plan import AUTO_TAU_FACTOR, auto_tau
 
 DATASETS = {"SST-2": "sst2_dev", "AG News": "agnews_dev"}
 TAUS = [0.1, 0.2, 0.3, 0.5, 0.7, 0.9, 1.1, 1.3, 1.5, 2.0]

@@ -30,7 +30,7 @@ def select_stage(cfg: SynAlignConfig, embedded_path: str) -> dict[str, Any]:
     if label_column is not None and label_column not in table.column_names:
         raise InputError(f"label column '{label_column}' not in {embedded_path} (set data.label_column=null "
                          "to select without labels)")
-    from synalign_ray.selection.tracker import check_inputs
+    from synalign_ray.selection.plan import check_inputs
 
     labels = table.column(label_column).to_pylist() if label_column else None
     # Before the output's lease: a job that cannot select must not hold (or contend for) the folder.

@@ -10,9 +10,11 @@ import pytest
 
 from synalign_ray.config import SelectionConfig, build_config
 from synalign_ray.errors import ConfigError, InputError
-from synalign_ray.selection.gp import IncrementalGP, median_pairwise_distance
+from synalign_ray.metrics import median_pairwise_distance
+from synalign_ray.selection.gp import IncrementalGP
 from synalign_ray.selection.schedule import build_schedule
-from synalign_ray.selection.tracker import AUTO_TAU_FACTOR, AUTO_TAU_SAMPLE, SelectionTracker, plan_quotas
+from synalign_ray.selection.plan import AUTO_TAU_FACTOR, AUTO_TAU_SAMPLE, plan_quotas
+from synalign_ray.selection.tracker import SelectionTracker
 
 N_ROWS = 800
 

@@ -15,8 +15,8 @@ from synalign_ray.metrics import knn_radii, knn_radius_coverage
 from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, cross_kernel
 from synalign_ray.selection.partitions import INDUCING_JITTER, bisect_partitions
 from synalign_ray.selection.schedule import build_schedule
-from synalign_ray.selection.tracker import (DENSITY_BANDWIDTH, DENSITY_POWER, SelectionTracker, resolve_engine,
-                                           state_bytes_needed)
+from synalign_ray.selection.plan import DENSITY_BANDWIDTH, DENSITY_POWER, resolve_engine, state_bytes_needed
+from synalign_ray.selection.tracker import SelectionTracker
 
 N_ROWS = 1200
 TAU = 0.6

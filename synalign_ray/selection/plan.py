@@ -1,0 +1,163 @@
+"""What a selection will do, decided before any GP state exists: the length scale (τ auto), groups per label, the
+inputs it refuses, where a label stops, the density weights of the density_weighted rule, and which engine fits
+the state budget (with the arithmetic when none does). Pure numpy."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+
+from synalign_ray.config import SelectionConfig
+from synalign_ray.errors import ConfigError, InputError
+from synalign_ray.metrics import median_pairwise_distance
+from synalign_ray.selection.gp import VARIANCE_CHUNK, kernel_from_sq_dist
+
+log = logging.getLogger(__name__)
+
+# tau: auto = AUTO_TAU_FACTOR × median pairwise distance of AUTO_TAU_SAMPLE seeded rows (see jobs/studies/measure_coverage.py).
+AUTO_TAU_FACTOR = 0.5
+AUTO_TAU_SAMPLE = 2_000
+# rule: density_weighted (see density_weights; constants chosen by jobs/benchmarks/benchmark_selection_scale.py).
+DENSITY_SAMPLE = 1000
+DENSITY_BANDWIDTH = 0.5
+DENSITY_POWER = 1.0
+# A partition's V starts with room for its share of the unit's planned rows and grows by this factor when its region
+# draws more: allocation stays within this factor of the rows used (state_bytes_needed counts it).
+PARTITION_GROWTH = 1.25
+
+
+def auto_tau(unit_embeddings: np.ndarray, seed: int) -> float:
+    """The `tau: auto` rule: half the median pairwise distance between L2-normalised embeddings."""
+    return AUTO_TAU_FACTOR * median_pairwise_distance(unit_embeddings, AUTO_TAU_SAMPLE, seed)
+
+
+def plan_quotas(label_counts: dict[Any, int], max_groups: int, budget: str, k: int) -> dict[Any, int]:
+    """Groups per label: equal shares (average) or shares ∝ label frequency (proportional, largest remainder).
+
+    Leftover groups go to labels in sorted order (largest remainder first for proportional). Each quota is then
+    clamped to n_label // (k + 1), the most disjoint groups a label can give: a documented clamp, not an error.
+    """
+    labels = list(label_counts)
+    if budget == "average":
+        shares = np.full(len(labels), max_groups / len(labels))
+    else:
+        counts = np.array([label_counts[l] for l in labels], dtype=np.float64)
+        shares = max_groups * counts / counts.sum()
+    quotas = np.floor(shares).astype(np.int64)
+    # stable sort on -remainder: ties keep the sorted label order
+    for i in np.argsort(-(shares - quotas), kind="stable")[: max_groups - int(quotas.sum())]:
+        quotas[i] += 1
+    return {l: int(min(q, label_counts[l] // (k + 1))) for l, q in zip(labels, quotas)}
+
+
+def check_inputs(embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
+              cfg: SelectionConfig) -> dict[str, int]:
+    """Raise on input no selection can use; return the labels too small for one group (label → rows), skipped."""
+    if not isinstance(cfg, SelectionConfig):
+        raise ConfigError(f"selection config must be a SelectionConfig, got {type(cfg).__name__}")
+    if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2 or embeddings.shape[0] == 0:
+        shape = getattr(embeddings, "shape", None)
+        raise InputError(f"embeddings must be a non-empty 2-D array (rows × dim), got shape {shape}")
+    if not np.issubdtype(embeddings.dtype, np.floating):
+        raise InputError(f"embeddings must be floating point, got dtype {embeddings.dtype}")
+    n = embeddings.shape[0]
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        raise InputError(f"embeddings hold NaN or infinite values (first at row {int(np.argmin(finite))})")
+    norms = np.linalg.norm(embeddings, axis=1)
+    if (norms == 0).any():
+        raise InputError(f"embedding of row {int(np.argmax(norms == 0))} is all zeros: it has no direction")
+    if len(row_ids) != n:
+        raise InputError(f"row_ids has {len(row_ids)} entries for {n} embeddings")
+    if len(np.unique(np.asarray(row_ids))) != n:
+        raise InputError("row_ids are not unique")
+    groups_need = cfg.k + 1
+    if labels is None:
+        if n < groups_need:
+            raise InputError(f"{n} rows cannot form one group of selection.k+1 = {groups_need} rows")
+        return {}
+    if len(labels) != n:
+        raise InputError(f"labels has {len(labels)} entries for {n} embeddings")
+    for i, label in enumerate(labels):
+        if label is None or str(label).strip() == "":
+            raise InputError(f"empty label at row {i}")
+    values, counts = np.unique(np.asarray(labels, dtype=object).astype(str), return_counts=True)
+    too_small = {str(label): int(count) for label, count in zip(values, counts) if count < groups_need}
+    if len(too_small) == len(values):
+        label, count = next(iter(too_small.items()))
+        raise InputError(f"no label can form one group: label {label!r} has {count} rows; selection.k={cfg.k} needs "
+                         f"at least {groups_need} (and so does every other label)")
+    for label, count in too_small.items():
+        log.warning("selection: label %r has %d rows, fewer than selection.k+1 = %d: skipped", label, count,
+                    groups_need)
+    return too_small
+
+
+def stop_variance(cfg: SelectionConfig) -> float:
+    """The variance below which a label stops: floor + threshold·(1 − floor), floor = σ_n²/(1+σ_n²).
+
+    floor is the variance of a row observed once, the level the largest variance decays to as a label's rows run
+    out (MiniLM embeddings, σ_n² = 1: 0.60 after 200 of AG News dev's 1,000 possible groups, 0.50 after 6,000 of
+    SST-2 train's 6,061). An absolute threshold below it never fires: the old default 0.05 did not. `threshold` is the
+    share of the prior variance above that floor the least-covered row may keep (jobs/benchmarks/benchmark_selection_scale.py
+    --thresholds prints where each value stops).
+    """
+    floor = cfg.noise / (1.0 + cfg.noise)
+    return floor + cfg.threshold * (1.0 - floor)
+
+
+def density_weights(unit: np.ndarray, rows: np.ndarray, kernel: str, tau: float, seed: int) -> np.ndarray:
+    """Local density of each of `rows` among them, scaled to a largest value of 1: the mean kernel value κ_d to a
+    seeded sample of DENSITY_SAMPLE of the rows, κ_d the GP's kernel at DENSITY_BANDWIDTH × τ, raised to DENSITY_POWER.
+
+    Cost len(rows) × DENSITY_SAMPLE × d per label: a shard can compute it from the sample alone.
+    """
+    rng = np.random.default_rng(seed)
+    sample = unit[np.sort(rng.choice(rows, size=min(DENSITY_SAMPLE, rows.shape[0]), replace=False))]
+    sample_sq = np.einsum("ij,ij->i", sample, sample)
+    density = np.empty(rows.shape[0])
+    # float32 distances: a density estimate needs no better, and this is the one N-sized product of the rule
+    for start in range(0, rows.shape[0], VARIANCE_CHUNK):
+        block = unit[rows[start:start + VARIANCE_CHUNK]]
+        sq = np.einsum("ij,ij->i", block, block)[:, None] + sample_sq[None, :] - 2.0 * (block @ sample.T)
+        np.maximum(sq, 0.0, out=sq)
+        density[start:start + block.shape[0]] = kernel_from_sq_dist(sq, kernel, DENSITY_BANDWIDTH * tau,
+                                                                    overwrite=True).mean(axis=1)
+    density /= density.max()
+    return density ** DENSITY_POWER
+
+
+def state_bytes_needed(unit_rows: list[int], unit_selected: list[int], engine: str, partition_rows: int,
+                       inducing_rows: int = 0) -> int:
+    """Bytes of float32 state for these scope units (rows, planned selected rows each): exact n·|S| per unit;
+    partitioned Σ_p n_p·|S_p| ≤ min(n, partition_rows)·|S| of V (each partition holds ≤ partition_rows rows,
+    Σ_p |S_p| = |S|), times PARTITION_GROWTH for the room a growing partition allocates ahead; for a unit cut into
+    partitions also n·M float32 inducing features and |S|·M float64 of h (M = min(inducing_rows, n))."""
+    if engine == "exact":
+        return 4 * sum(n * m for n, m in zip(unit_rows, unit_selected))
+    v = math.ceil(4 * PARTITION_GROWTH * sum(min(n, partition_rows) * m for n, m in zip(unit_rows, unit_selected)))
+    return v + sum((4 * n + 8 * m) * min(inducing_rows, n) for n, m in zip(unit_rows, unit_selected)
+                   if n > partition_rows)
+
+
+def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: list[int]) -> str:
+    """exact or partitioned, as `selection.engine` says or (auto) exact when its state fits `max_state_gib`; a
+    ConfigError with the arithmetic when the chosen engine's state does not fit, before anything is allocated."""
+    budget = int(cfg.max_state_gib * 2**30)
+    exact = state_bytes_needed(unit_rows, unit_selected, "exact", cfg.partition_rows)
+    engine = cfg.engine if cfg.engine != "auto" else ("exact" if exact <= budget else "partitioned")
+    needed = state_bytes_needed(unit_rows, unit_selected, engine, cfg.partition_rows, cfg.inducing_rows)
+    if needed > budget:
+        scope = f"{len(unit_rows)} GP scope unit(s), {sum(unit_rows):,} rows, {sum(unit_selected):,} rows selected"
+        formula = ("4 B × Σ n·|S|" if engine == "exact"
+                   else f"{PARTITION_GROWTH} × 4 B × Σ min(n, partition_rows={cfg.partition_rows})·|S| + 4 B × Σ "
+                        f"(n + 2·|S|)·min(inducing_rows={cfg.inducing_rows}, n)")
+        raise ConfigError(f"selection.engine={engine} needs {needed:,} B = {needed / 2**30:.2f} GiB of GP state "
+                          f"({formula}; {scope}) but selection.max_state_gib is {cfg.max_state_gib:g} GiB = "
+                          f"{budget:,} B: raise it, lower "
+                          f"selection.max_groups, selection.partition_rows or selection.inducing_rows, or use engine "
+                          f"partitioned")
+    return engine

@@ -314,7 +314,7 @@ def test_score_set_and_real_ceiling(sst2_train, sst2_dev, agnews):
 
 def test_score_set_caps_rows_and_reports_it(sst2_train, monkeypatch):
     rows, emb = sst2_train
-    monkeypatch.setattr(quality, "MAX_SCORED_ROWS", 500)
+    monkeypatch.setattr(quality.scores, "MAX_SCORED_ROWS", 500)
     labels, texts = rows.column("label").to_pylist(), rows.column("text").to_pylist()
     out = score_set(emb[:1200], labels[:1200], texts[:1200], emb[1200:], labels[1200:], seed=0)
     assert (out["rows"], out["scored_rows"], out["reference_rows"], out["two_sample_rows"]) == (1200, 500, 500, 500)

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_manifest: dict[str, Any],
                                 embedded: pa.Table, stage_cfg) -> tuple[dict[str, Any], pa.Table]:
     """Embed every generated row, kept and dropped (the quality table scores both), and mark the kept rows that
-    repeat an input row in other words (near_copy) or a row of their own group (near_duplicate) as dropped; or
-    reuse the complete folder."""
+    repeat an input row in other words (near_copy), carry a label the input rows' classifier contradicts
+    (label_mismatch) or repeat a row of their own group (near_duplicate) as dropped; or reuse the complete folder."""
     from synalign_ray.generation.ledger import DROPPED_SCHEMA, dropped_location
     from synalign_ray.quality import near_copy_max_cosine
 
@@ -43,12 +43,10 @@ def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_
     out = embed_rows(rows, cfg, "text")
     emb = io.embeddings_from_arrow(out.column(io.EMBEDDING))
     reasons = out.column(DROP_REASON).to_pylist()
-    live = np.flatnonzero([r is None for r in reasons])
     q = cfg.quality
+    live = _live(reasons)
     nearest = near_copy_max_cosine(emb[live], io.embeddings_from_arrow(embedded.column(io.EMBEDDING)))
-    for i in live[nearest >= q.near_copy_cosine]:
-        reasons[i] = "near_copy"
-    near_copies = int((nearest >= q.near_copy_cosine).sum())
+    near_copies = _mark(reasons, live, nearest >= q.near_copy_cosine, "near_copy")
     label_mismatches = 0
     label = cfg.data.label_column
     if q.label_min_probability > 0 and label and label in embedded.column_names:
@@ -58,24 +56,19 @@ def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_
         demos = {int(i) for ids in out.column("demo_row_ids").to_pylist() for i in ids}
         held = set(_quality_reference_split(cfg, embedded, demos)[0].column(io.ROW_ID).to_pylist())
         train = embedded.filter(pa.array([int(i) not in held for i in embedded.column(io.ROW_ID).to_pylist()]))
-        live = np.flatnonzero([r is None for r in reasons])
-        consistent = own_label_probability(io.embeddings_from_arrow(train.column(io.EMBEDDING)),
-                                           train.column(label).to_pylist(), emb[live],
-                                           out.column("label").take(pa.array(live)).to_pylist(),
-                                           q.seed) >= q.label_min_probability
-        for i in live[~consistent]:
-            reasons[i] = "label_mismatch"
-        label_mismatches = int((~consistent).sum())
+        live = _live(reasons)
+        own = own_label_probability(io.embeddings_from_arrow(train.column(io.EMBEDDING)),
+                                    train.column(label).to_pylist(), emb[live],
+                                    out.column("label").take(pa.array(live)).to_pylist(), q.seed)
+        label_mismatches = _mark(reasons, live, own < q.label_min_probability, "label_mismatch")
     near_duplicates = 0
     if cfg.generation.dedup_near_threshold is not None:
         from synalign_ray.generation.dedup import near_duplicate_keep
 
-        live = np.flatnonzero([r is None for r in reasons])
+        live = _live(reasons)
         keep = near_duplicate_keep(emb[live], out.column("group_id").to_numpy()[live],
                                    cfg.generation.dedup_near_threshold)
-        for i in live[~keep]:
-            reasons[i] = "near_duplicate"
-        near_duplicates = int((~keep).sum())
+        near_duplicates = _mark(reasons, live, ~keep, "near_duplicate")
     if q.filter:
         out = out.set_column(out.column_names.index(DROP_REASON), DROP_REASON, pa.array(reasons, pa.string()))
     failed_checks = dict(gen_manifest.get("failed_checks", {}))
@@ -89,6 +82,18 @@ def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_
     return write_table(out, loc, cfg, {"kind": "embeddings", "input": gen_loc.url, "model": cfg.embedding.model,
                                        "dim": emb.shape[1], "failed_checks": failed_checks,
                                        "kept_rows": kept_rows}), out
+
+
+def _live(reasons: list[str | None]) -> np.ndarray:
+    """Positions of the rows no check has dropped yet."""
+    return np.flatnonzero([r is None for r in reasons])
+
+
+def _mark(reasons: list[str | None], live: np.ndarray, failing: np.ndarray, reason: str) -> int:
+    """Give `reason` to the live rows where `failing` holds; the number marked."""
+    for i in live[failing]:
+        reasons[i] = reason
+    return int(failing.sum())
 
 
 def _quality_reference_split(cfg: SynAlignConfig, embedded: pa.Table, demos: set[int]) -> tuple[pa.Table, pa.Table]:

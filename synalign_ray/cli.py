@@ -69,7 +69,7 @@ def _cmd_select(args: argparse.Namespace) -> None:
 
 
 def _cmd_generate(args: argparse.Namespace) -> None:
-    from synalign_ray.generation.prompts import STAGES
+    from synalign_ray.generation.modes import STAGES
 
     manifest = api.generate(_config(args), input=args.input, schedule=args.schedule, **_paths(args))
     tokens = ", ".join(f"{stage} {manifest['tokens'][stage]['completion']}" for stage in STAGES)

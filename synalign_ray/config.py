@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from synalign_ray.errors import ConfigError
+from synalign_ray.overrides import apply_overrides, yaml_error_line
 
 # The embedded local demo `synalign run` uses when no --config is given.
 DEFAULT_RUN_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
@@ -286,37 +287,6 @@ def _format_validation_error(err: ValidationError) -> str:
     return "invalid config: " + "; ".join(parts)
 
 
-def parse_override(item: str) -> tuple[list[str], Any]:
-    """Split `a.b.c=value` into its key path and a YAML-typed value (`k=5` is an int, `x=null` is None)."""
-    if "=" not in item:
-        raise ConfigError(f"override {item!r} is not of the form key.path=value")
-    key, raw = item.split("=", 1)
-    path = [p for p in key.strip().split(".")]
-    if not all(path):
-        raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    return path, value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set each dotted override into the nested dict; unknown keys are caught later by validation."""
-    for item in overrides:
-        path, value = parse_override(item)
-        node = raw
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part} is a value, not a section")
-            node = child
-        node[path[-1]] = value
-    return raw
-
-
 def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None = None) -> SynAlignConfig:
     """Validate a nested dict (plus overrides) into a config, raising ConfigError that names the key."""
     raw = apply_overrides(dict(raw or {}), list(overrides or []))
@@ -324,13 +294,6 @@ def build_config(raw: dict[str, Any] | None = None, overrides: list[str] | None 
         return SynAlignConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
-
-
-def yaml_error_line(err: yaml.YAMLError) -> str:
-    """PyYAML's multi-line message as one line: the problem and where it is."""
-    mark = getattr(err, "problem_mark", None)
-    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> SynAlignConfig:

@@ -10,7 +10,7 @@ P_real(y|x) / P_model_t(y|x), recomputed every step). Real rows always weigh 1.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -123,19 +123,20 @@ def _read_run(run_dir: str, config: SynAlignConfig) -> tuple[SynAlignConfig, pa.
 
     from synalign_ray.config import build_config
 
+    from synalign_ray.run_folder import RunFolder
+
     loc = io.resolve(run_dir, config.storage)
-    run = io.read_manifest(loc)
+    run = RunFolder(loc).manifest()
     if run is None or run.get("kind") != "run":
         raise InputError(f"{loc.url} is not a completed `synalign run` directory (no run manifest)")
     cfg = build_config({**run["config"], "storage": config.storage.model_dump(),
                         "resources": config.resources.model_dump()})
     if cfg.data.label_column is None:
         raise InputError("evaluation needs labelled data (data.label_column is null in this run)")
-    real = io.read_parts(loc.join("embeddings"))
-    gen = io.read_parts(loc.join("generated_embeddings"))
+    real, gen, aligned = (RunFolder(loc.join(name)).read() for name in ("embeddings", "generated_embeddings", "aligned"))
     if "drop_reason" in gen.column_names:  # rows that failed a quality check never reach a training set
         gen = gen.filter(pc.is_null(gen.column("drop_reason")))
-    return cfg, real, gen, io.read_parts(loc.join("aligned"))
+    return cfg, real, gen, aligned
 
 
 def synthetic_sets(gen: pa.Table, aligned: pa.Table, seed: int) -> dict[str, np.ndarray]:

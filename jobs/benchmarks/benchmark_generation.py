@@ -69,7 +69,7 @@ def run(n_groups: int = 16, samples: int = 5, group_size: int = 8, seed: int = 0
     import ray
 
     from synalign_ray.config import build_config
-    from synalign_ray.generation import prompts as P
+    from synalign_ray.generation import modes as M, parsing, presets, prompts as P
     from synalign_ray.generation.worker import request_seed
     from synalign_ray.stages.generate import generate_stage
 
@@ -83,24 +83,24 @@ def run(n_groups: int = 16, samples: int = 5, group_size: int = 8, seed: int = 0
     cfg = build_config({}, [f"data.path={work / 'real.parquet'}", f"output.path={work / 'pool'}",
                             f"generation.samples_per_summary={samples}", f"generation.groups_per_batch={n_groups}"])
     g = cfg.generation
-    preset = P.load_preset(g.preset)
+    preset = presets.load_preset(g.preset)
     budgets = P.char_budgets(preset, samples, g.sampling.max_tokens)
     n_cpus = os.cpu_count() or 1
     ray.init(num_cpus=n_cpus, include_dashboard=False, log_to_driver=False)
     try:
         bare = ray.remote(BareEngine).options(num_cpus=g.num_cpus_per_generator).remote(g)
         fmt = g.output_format
-        stage1 = [P.stage1_prompt(preset, [texts[i] for i in grp["demo_row_ids"]], grp["label"], fmt, budgets)
+        stage1 = [M.stage1_prompt(preset, [texts[i] for i in grp["demo_row_ids"]], grp["label"], fmt, budgets)
                   for grp in groups]
         seeds1 = [request_seed(g.sampling.seed, grp["group_id"], "stage1", 0) for grp in groups]
         first = ray.get(bare.run.remote(stage1, seeds1, g.sampling))
         summaries = []
         for answers, finishes in first["answers"]:
             try:
-                summaries.append(P.parse_stage1(preset, fmt, answers, finishes))
-            except P.ParseFailure:
-                summaries.append({P.attribute_key(a): "unknown" for a in preset.attributes})
-        stage2 = [P.stage2_prompt(preset, g.mode, fmt, samples, budgets, [texts[i] for i in grp["demo_row_ids"]],
+                summaries.append(M.parse_stage1(preset, fmt, answers, finishes))
+            except parsing.ParseFailure:
+                summaries.append({presets.attribute_key(a): "unknown" for a in preset.attributes})
+        stage2 = [M.stage2_prompt(preset, g.mode, fmt, samples, budgets, [texts[i] for i in grp["demo_row_ids"]],
                                   grp["label"], s) for s, grp in zip(summaries, groups)]
         seeds2 = [request_seed(g.sampling.seed, grp["group_id"], "stage2", 0) for grp in groups]
         second = ray.get(bare.run.remote(stage2, seeds2, g.sampling))

@@ -19,8 +19,8 @@ import pyarrow as pa
 from bench_common import cached_embeddings
 
 from synalign_ray import quality
-from synalign_ray.config import GenerationConfig, QualityConfig, SamplingConfig, SelectionConfig
-from synalign_ray.generation.prompts import load_preset
+from synalign_ray.config import GenerationConfig, QualityConfig, SelectionConfig
+from synalign_ray.generation.presets import load_preset
 from synalign_ray.generation.worker import Generator, Group
 from synalign_ray.selection.schedule import build_schedule
 

@@ -36,7 +36,7 @@ def main() -> None:
     from synalign_ray.config import DEFAULT_RUN_CONFIG, load_config
     from synalign_ray.embedding import Encoder
     from synalign_ray.generation.pool import GeneratorPool
-    from synalign_ray.generation.prompts import load_preset
+    from synalign_ray.generation.presets import load_preset
     from synalign_ray.runtime import ray_session
     from synalign_ray.selection.schedule import build_schedule
     from synalign_ray.stages.embed import embed_rows

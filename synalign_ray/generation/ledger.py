@@ -16,7 +16,8 @@ import pyarrow as pa
 
 from synalign_ray import io
 from synalign_ray.config import StorageConfig
-from synalign_ray.generation.prompts import STAGES, normalise_text
+from synalign_ray.generation.modes import STAGES
+from synalign_ray.generation.parsing import normalise_text
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator
 
 from synalign_ray.config import GenerationConfig
 from synalign_ray.errors import SynAlignError
-from synalign_ray.generation.prompts import Preset, load_preset
+from synalign_ray.generation.presets import Preset, load_preset
 from synalign_ray.generation.worker import BatchResult, Generator, Group
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from synalign_ray.config import yaml_error_line
+from synalign_ray.overrides import yaml_error_line
 from synalign_ray.errors import ConfigError
 
 

@@ -1,19 +1,17 @@
-"""Prompts, JSON schemas, the mode table and output parsing for the two prompting stages (paper Figures 6 and 7).
+"""Prompts and JSON schemas for the two prompting stages (paper Figures 6 and 7), in the JSON and plain-text formats.
 
-Pure: no vLLM, no Ray. Stage 1 summarises a demonstration group's key attributes as JSON; stage 2 writes n new
-samples from that summary. `one_stage` and `simprompt` are the paper's comparison modes.
+Pure: no vLLM, no Ray. Stage 1 summarises a demonstration group's key attributes; stage 2 writes n new samples
+from that summary. `one_stage` and `simprompt` are the paper's comparison modes (their table is modes.py).
 """
+
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-# Presets live in presets.py; prompts.PRESETS, prompts.load_preset, … stay where callers reach them.
-from synalign_ray.generation.presets import PRESETS, Preset, attribute_key, load_preset  # noqa: F401
+from synalign_ray.generation.presets import Preset, attribute_key
 
 
 # ------------------------------------------------------------------------------------------------- schemas
@@ -67,7 +65,6 @@ def samples_schema(n: int, max_chars: int) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------- prompts
 
 Messages = list[dict[str, str]]
-OUTPUT_FORMATS = ("text", "json")
 
 
 @dataclass(frozen=True)
@@ -200,167 +197,3 @@ def stage2_text(preset: Preset, summary: dict[str, str] | None, texts: list[str]
     prefix = heading + (numbered(texts) + "\n" if texts else "") + f"{len(texts) + 1}."
     return Prompt([{"role": "user", "content": content}], answer_prefix=prefix, stop=("\n",), n=n,
                   max_tokens=text_sample_tokens(preset))
-
-
-def parse_summary_text(text: str, preset: Preset, finish_reason: str | None = None) -> dict[str, str]:
-    """Lenient stage-1 parse: every 'Attribute: value' line naming one of the preset's attributes, in preset order.
-
-    Lines naming no attribute and placeholder values are skipped; a line cut off by max_tokens is dropped. At
-    least one attribute must remain."""
-    full = f"{attribute_title(preset.attributes[0])}:{text}"
-    lines = full.splitlines()
-    if finish_reason == "length" and lines:
-        lines = lines[:-1]
-    keys = {attribute_key(a) for a in preset.attributes}
-    found: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.strip().lstrip("-*• ").partition(":")
-        key, value = attribute_key(name), one_line(value).strip(" .\"'")
-        if sep and key in keys and key not in found and any(c.isalpha() for c in value):
-            found[key] = value[:SUMMARY_MAX_CHARS].rsplit(" ", 1)[0] if len(value) > SUMMARY_MAX_CHARS else value
-    if not found:
-        raise ParseFailure("no_attributes", f"no 'attribute: value' line in {text[:80]!r}")
-    return {attribute_key(a): found[attribute_key(a)] for a in preset.attributes if attribute_key(a) in found}
-
-
-def parse_samples_text(texts: list[str], finish_reasons: list[str | None]) -> list[str]:
-    """Stage-2 text answers: each is the rest of one numbered line. An answer that ran to max_tokens without
-    ending its line is cut off and dropped; the quality checks judge the rest."""
-    samples = []
-    for text, finish in zip(texts, finish_reasons):
-        if finish == "length":
-            continue
-        # A model that restarts the list ("1. …") inside its answer: the number is list markup, not text.
-        line = re.sub(r"^\d{1,3}[.)]\s+", "", one_line(text).strip()).strip('"').strip()
-        if line:
-            samples.append(line)
-    if not samples:
-        reason = "truncated" if any(f == "length" for f in finish_reasons) else "empty"
-        raise ParseFailure(reason, f"no usable line among {len(texts)} answers")
-    return samples
-
-
-# -------------------------------------------------------------------------------------- modes and formats
-# The mode table: what each mode sends, and so which stages it runs. The worker, the ledger, the prompt fingerprint
-# and the CLI read stage names and modes from here only; a new mode is one entry (and its JSON messages).
-SUMMARY_STAGE = "stage1"  # attribute summarisation (paper Figure 6)
-SAMPLE_STAGE = "stage2"   # sample writing (Figure 7, or the comparison modes' prompt)
-STAGES = (SUMMARY_STAGE, SAMPLE_STAGE)
-
-
-@dataclass(frozen=True)
-class Mode:
-    """One generation mode: whether a summary stage runs first and feeds the samples, whether the sample prompt
-    shows the demonstrations, and its JSON-format messages (preset, texts, summary, label, n)."""
-
-    summarise: bool
-    shows_demonstrations: bool
-    json_messages: Callable[[Preset, list[str], dict[str, str] | None, str | None, int], Messages]
-
-    @property
-    def stages(self) -> tuple[str, ...]:
-        return (SUMMARY_STAGE, SAMPLE_STAGE) if self.summarise else (SAMPLE_STAGE,)
-
-
-MODES: dict[str, Mode] = {
-    "two_stage": Mode(True, True, lambda p, texts, summary, label, n: stage2_messages(p, summary or {}, label, n)),
-    "one_stage": Mode(False, True, lambda p, texts, summary, label, n: one_stage_messages(p, texts, label, n)),
-    "simprompt": Mode(False, False, lambda p, texts, summary, label, n: simprompt_messages(p, label, n)),
-}
-MODE_STAGES = {name: mode.stages for name, mode in MODES.items()}
-
-
-def stage1_prompt(preset: Preset, texts: list[str], label: str | None, fmt: str, budgets: CharBudgets) -> Prompt:
-    if fmt == "text":
-        return stage1_text(preset, texts, label)
-    return Prompt(stage1_messages(preset, texts, label), schema=summary_schema(preset, budgets.summary_value))
-
-
-def stage2_prompt(preset: Preset, mode: str, fmt: str, n: int, budgets: CharBudgets, texts: list[str],
-                  label: str | None, summary: dict[str, str] | None = None) -> Prompt:
-    """The prompt that writes samples: from the summary (two_stage), the demonstrations (one_stage) or the label
-    alone (simprompt)."""
-    m = MODES[mode]
-    if fmt == "text":
-        return stage2_text(preset, summary if m.summarise else None, texts if m.shows_demonstrations else [], label, n)
-    return Prompt(m.json_messages(preset, texts, summary, label, n), schema=samples_schema(n, budgets.sample))
-
-
-def parse_stage1(preset: Preset, fmt: str, texts: list[str], finish_reasons: list[str | None]) -> dict[str, str]:
-    if fmt == "text":
-        return parse_summary_text(texts[0], preset, finish_reasons[0])
-    return parse_summary(texts[0], preset, finish_reasons[0])
-
-
-def parse_stage2(fmt: str, n: int, texts: list[str], finish_reasons: list[str | None]) -> list[str]:
-    if fmt == "text":
-        return parse_samples_text(texts, finish_reasons)
-    return parse_samples(texts[0], n, finish_reasons[0])
-
-
-def prompt_fingerprint(preset: Preset, mode: str, fmt: str, n: int, max_tokens: int) -> str:
-    """A hash of every template, preset field and schema this mode and format use, recorded in manifests so runs
-    can be compared."""
-    budgets = char_budgets(preset, n, max_tokens)
-    probe = [stage2_prompt(preset, mode, fmt, n, budgets, ["<x>"], "<y>", {"a": "<s>"}), mode, fmt]
-    if SUMMARY_STAGE in MODE_STAGES[mode]:
-        probe.append(stage1_prompt(preset, ["<x>"], "<y>", fmt, budgets))
-    return hashlib.sha256(json.dumps(probe, sort_keys=True, default=lambda p: p.__dict__).encode()).hexdigest()[:16]
-
-
-# ------------------------------------------------------------------------------------------------- parsing
-
-
-class ParseFailure(ValueError):
-    """LLM output that is not usable; `reason` is a short counter name (truncated, invalid_json, schema)."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-
-
-def _load_json(text: str, finish_reason: str | None) -> Any:
-    if finish_reason == "length":
-        raise ParseFailure("truncated", "output hit max_tokens before the JSON closed")
-    stripped = text.strip()
-    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", stripped, flags=re.S)
-    if fenced:
-        stripped = fenced.group(1)
-    try:
-        return json.loads(stripped)
-    except json.JSONDecodeError as err:
-        reason = "truncated" if err.pos >= len(stripped) - 1 else "invalid_json"
-        raise ParseFailure(reason, f"{err.msg} at char {err.pos}") from None
-
-
-def parse_summary(text: str, preset: Preset, finish_reason: str | None = None) -> dict[str, str]:
-    """Validate a stage-1 answer against the preset's attributes; returns {attribute_key: value}."""
-    data = _load_json(text, finish_reason)
-    if not isinstance(data, dict):
-        raise ParseFailure("schema", f"expected a JSON object, got {type(data).__name__}")
-    keys = [attribute_key(a) for a in preset.attributes]
-    missing = [k for k in keys if k not in data]
-    if missing:
-        raise ParseFailure("schema", f"missing attribute(s) {missing}")
-    bad = [k for k in keys if not isinstance(data[k], str) or not data[k].strip()]
-    if bad:
-        raise ParseFailure("schema", f"attribute(s) {bad} are not non-empty strings")
-    return {k: data[k].strip() for k in keys}
-
-
-def parse_samples(text: str, n: int, finish_reason: str | None = None) -> list[str]:
-    """Validate a stage-2 (or one-stage/simprompt) answer: exactly n non-empty strings."""
-    data = _load_json(text, finish_reason)
-    if not isinstance(data, dict) or not isinstance(data.get("samples"), list):
-        raise ParseFailure("schema", "expected an object with a 'samples' list")
-    samples = data["samples"]
-    if len(samples) != n:
-        raise ParseFailure("schema", f"expected {n} samples, got {len(samples)}")
-    if not all(isinstance(s, str) and s.strip() for s in samples):
-        raise ParseFailure("schema", "every sample must be a non-empty string")
-    return [s.strip() for s in samples]
-
-
-def normalise_text(text: str) -> str:
-    """Key for exact-duplicate detection: case-folded, whitespace collapsed."""
-    return " ".join(text.casefold().split())

@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from synalign_ray.config import GenerationConfig
-from synalign_ray.generation import prompts as P
+from synalign_ray.generation.modes import (MODE_STAGES, SAMPLE_STAGE, STAGES, SUMMARY_STAGE, parse_stage1,
+                                          parse_stage2, stage1_prompt, stage2_prompt)
+from synalign_ray.generation.parsing import ParseFailure
+from synalign_ray.generation.presets import Preset
+from synalign_ray.generation.prompts import Prompt, char_budgets
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +70,7 @@ class Generator:
         return {"model": self.model_name, "model_path": self.engine.model_path,
                 "max_model_len": self.engine.max_model_len}
 
-    def _run_stage(self, cfg: GenerationConfig, stage: str, prompts: dict[int, P.Prompt], parse,
+    def _run_stage(self, cfg: GenerationConfig, stage: str, prompts: dict[int, Prompt], parse,
                    tokens: dict[str, dict[str, int]], failures: list[dict[str, Any]],
                    group_tokens: dict[int, list[int]]) -> dict[int, Any]:
         """Send every pending prompt, parse, and resend the failed ones up to max_retries times."""
@@ -80,7 +84,7 @@ class Generator:
             outs = self.engine.complete([pending[g] for g in gids],
                                         [request_seed(cfg.sampling.seed, g, stage, attempt) for g in gids],
                                         cfg.sampling)
-            still: dict[int, P.Prompt] = {}
+            still: dict[int, Prompt] = {}
             for gid, out in zip(gids, outs):
                 tokens[stage]["prompt"] += out.prompt_tokens
                 tokens[stage]["completion"] += out.completion_tokens
@@ -93,7 +97,7 @@ class Generator:
                     continue
                 try:
                     done[gid] = parse(out.texts, out.finish_reasons)
-                except P.ParseFailure as err:
+                except ParseFailure as err:
                     if attempt == cfg.max_retries:
                         failures.append({"group_id": gid, "stage": stage, "reason": err.reason,
                                          "detail": str(err)[:200], "attempts": attempt + 1})
@@ -102,26 +106,26 @@ class Generator:
             pending = still
         return done
 
-    def generate(self, groups: list[Group], cfg: GenerationConfig, preset: P.Preset) -> BatchResult:
+    def generate(self, groups: list[Group], cfg: GenerationConfig, preset: Preset) -> BatchResult:
         t0 = time.monotonic()
         n, mode, fmt = cfg.samples_per_summary, cfg.mode, cfg.output_format
-        tokens = {s: {"prompt": 0, "completion": 0} for s in P.STAGES}
+        tokens = {s: {"prompt": 0, "completion": 0} for s in STAGES}
         failures: list[dict[str, Any]] = []
         group_tokens = {g.group_id: [0, 0] for g in groups}
-        budgets = P.char_budgets(preset, n, cfg.sampling.max_tokens)
+        budgets = char_budgets(preset, n, cfg.sampling.max_tokens)
         summaries: dict[int, dict[str, str]] = {}
-        stages = P.MODE_STAGES[mode]
-        if P.SUMMARY_STAGE in stages:
-            prompts = {g.group_id: P.stage1_prompt(preset, g.texts, g.label, fmt, budgets) for g in groups}
+        stages = MODE_STAGES[mode]
+        if SUMMARY_STAGE in stages:
+            prompts = {g.group_id: stage1_prompt(preset, g.texts, g.label, fmt, budgets) for g in groups}
             summaries = self._run_stage(
-                cfg, P.SUMMARY_STAGE, prompts,
-                lambda texts, finishes: P.parse_stage1(preset, fmt, texts, finishes), tokens, failures, group_tokens)
-        writers = [g for g in groups if P.SUMMARY_STAGE not in stages or g.group_id in summaries]
-        prompts = {g.group_id: P.stage2_prompt(preset, mode, fmt, n, budgets, g.texts, g.label,
+                cfg, SUMMARY_STAGE, prompts,
+                lambda texts, finishes: parse_stage1(preset, fmt, texts, finishes), tokens, failures, group_tokens)
+        writers = [g for g in groups if SUMMARY_STAGE not in stages or g.group_id in summaries]
+        prompts = {g.group_id: stage2_prompt(preset, mode, fmt, n, budgets, g.texts, g.label,
                                                summaries.get(g.group_id)) for g in writers}
         samples = self._run_stage(
-            cfg, P.SAMPLE_STAGE, prompts,
-            lambda texts, finishes: P.parse_stage2(fmt, n, texts, finishes), tokens, failures, group_tokens)
+            cfg, SAMPLE_STAGE, prompts,
+            lambda texts, finishes: parse_stage2(fmt, n, texts, finishes), tokens, failures, group_tokens)
 
         rows: list[dict[str, Any]] = []
         for g in groups:

@@ -128,7 +128,8 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
     `GeneratorPool` of the same model may be passed in to skip engine start-up; it is left running.
     """
     from synalign_ray.generation.ledger import DROPPED_SCHEMA, GenerationLedger, dropped_location
-    from synalign_ray.generation.prompts import load_preset, prompt_fingerprint
+    from synalign_ray.generation.modes import prompt_fingerprint
+    from synalign_ray.generation.presets import load_preset
     from synalign_ray.models import check_llm
 
     g = cfg.generation

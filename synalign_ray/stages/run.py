@@ -62,7 +62,7 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
     """`synalign run`: every stage writes its own folder with a manifest under output.path; running the same
     command again skips completed stages and resumes generation from the last completed batch. `pool`: a running
     GeneratorPool of the same model to reuse (tests share one engine per session)."""
-    from synalign_ray.generation.prompts import load_preset
+    from synalign_ray.generation.presets import load_preset
     from synalign_ray.models import check_llm
 
     load_preset(cfg.generation.preset, cfg.generation.presets_file)

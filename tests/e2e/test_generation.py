@@ -11,7 +11,8 @@ from synalign_ray import io
 from synalign_ray.config import build_config
 from synalign_ray.errors import ConfigError, InputError, ModelError, StorageError
 from synalign_ray.generation import ledger as ledger_mod
-from synalign_ray.generation.prompts import PRESETS, normalise_text
+from synalign_ray.generation.parsing import normalise_text
+from synalign_ray.generation.presets import PRESETS
 from synalign_ray.models import resolve_llm
 from synalign_ray.stages.generate import generate_stage, row_bounds, row_checker
 from tests.conftest import data_file

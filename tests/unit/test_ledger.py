@@ -6,7 +6,7 @@ import pytest
 from synalign_ray import io
 from synalign_ray.config import build_config
 from synalign_ray.generation.ledger import GenerationLedger, dropped_location
-from synalign_ray.generation.prompts import PRESETS
+from synalign_ray.generation.presets import PRESETS
 from synalign_ray.stages.generate import row_bounds, row_checker
 from tests.conftest import sample_rows
 

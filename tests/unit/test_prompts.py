@@ -6,7 +6,7 @@ import pytest
 
 from synalign_ray.config import build_config
 from synalign_ray.errors import ConfigError
-from synalign_ray.generation import prompts as P
+from synalign_ray.generation import modes as M, parsing, presets, prompts as P
 from synalign_ray.generation.worker import _split_evenly, request_seed
 from tests.conftest import sample_rows
 
@@ -17,15 +17,15 @@ def demos():
     return [r["text"] for r in rows]
 
 
-@pytest.mark.parametrize("name", sorted(P.PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_prompts_hold_every_demo_and_attribute(name, demos):
-    preset = P.PRESETS[name]
+    preset = presets.PRESETS[name]
     stage1 = P.stage1_messages(preset, demos, "positive")[0]["content"]
     for text in demos:
         assert json.dumps(text, ensure_ascii=False) in stage1
     for attr in preset.attributes:
-        assert attr in stage1 and P.attribute_key(attr) in stage1
-    summary = {P.attribute_key(a): f"value of {a}" for a in preset.attributes}
+        assert attr in stage1 and presets.attribute_key(attr) in stage1
+    summary = {presets.attribute_key(a): f"value of {a}" for a in preset.attributes}
     stage2 = P.stage2_messages(preset, summary, "positive", 4)[0]["content"]
     assert all(v in stage2 for v in summary.values()) and "4 unique" in stage2
     one = P.one_stage_messages(preset, demos, "positive", 3)[0]["content"]
@@ -34,7 +34,7 @@ def test_prompts_hold_every_demo_and_attribute(name, demos):
 
 
 def test_schemas_follow_the_preset():
-    preset = P.PRESETS["agnews"]
+    preset = presets.PRESETS["agnews"]
     schema = P.summary_schema(preset)
     assert schema["required"] == ["news_topic", "writing_style", "news_length", "subtopics", "location"]
     assert schema["additionalProperties"] is False
@@ -43,12 +43,12 @@ def test_schemas_follow_the_preset():
     assert s["minItems"] == s["maxItems"] == 5 and s["items"]["maxLength"] == 120
 
 
-@pytest.mark.parametrize("name", sorted(P.PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
 @pytest.mark.parametrize("n, max_tokens", [(1, 64), (3, 160), (5, 1024), (8, 576), (5, 3072)])
 def test_char_budgets_let_the_longest_admitted_answer_close_within_max_tokens(name, n, max_tokens):
-    preset = P.PRESETS[name]
+    preset = presets.PRESETS[name]
     b = P.char_budgets(preset, n, max_tokens)
-    keys = [P.attribute_key(a) for a in preset.attributes]
+    keys = [presets.attribute_key(a) for a in preset.attributes]
 
     def summary_chars(width):
         return len(json.dumps({k: "x" * width for k in keys}, separators=(",", ":")))
@@ -71,11 +71,11 @@ def test_char_budgets_let_the_longest_admitted_answer_close_within_max_tokens(na
 
 
 def test_parse_accepts_valid_and_fenced_json():
-    preset = P.PRESETS["sst2"]
-    good = {P.attribute_key(a): "x " + a for a in preset.attributes}
-    assert P.parse_summary(json.dumps(good), preset) == good
-    assert P.parse_summary("```json\n" + json.dumps(good) + "\n```", preset) == good
-    assert P.parse_samples('{"samples": [" a ", "b"]}', 2) == ["a", "b"]
+    preset = presets.PRESETS["sst2"]
+    good = {presets.attribute_key(a): "x " + a for a in preset.attributes}
+    assert parsing.parse_summary(json.dumps(good), preset) == good
+    assert parsing.parse_summary("```json\n" + json.dumps(good) + "\n```", preset) == good
+    assert parsing.parse_samples('{"samples": [" a ", "b"]}', 2) == ["a", "b"]
 
 
 @pytest.mark.parametrize("text, finish, reason", [
@@ -89,19 +89,19 @@ def test_parse_accepts_valid_and_fenced_json():
     ("Sure! Here are two reviews: a, b", "stop", "invalid_json"),
 ])
 def test_parse_samples_rejects_with_a_counted_reason(text, finish, reason):
-    with pytest.raises(P.ParseFailure) as err:
-        P.parse_samples(text, 2, finish)
+    with pytest.raises(parsing.ParseFailure) as err:
+        parsing.parse_samples(text, 2, finish)
     assert err.value.reason == reason
 
 
 def test_parse_summary_rejects_missing_or_empty_attributes():
-    preset = P.PRESETS["sst2"]
-    partial = {P.attribute_key(preset.attributes[0]): "drama"}
-    with pytest.raises(P.ParseFailure, match="missing attribute"):
-        P.parse_summary(json.dumps(partial), preset)
-    empty = {P.attribute_key(a): " " for a in preset.attributes}
-    with pytest.raises(P.ParseFailure, match="not non-empty strings"):
-        P.parse_summary(json.dumps(empty), preset)
+    preset = presets.PRESETS["sst2"]
+    partial = {presets.attribute_key(preset.attributes[0]): "drama"}
+    with pytest.raises(parsing.ParseFailure, match="missing attribute"):
+        parsing.parse_summary(json.dumps(partial), preset)
+    empty = {presets.attribute_key(a): " " for a in preset.attributes}
+    with pytest.raises(parsing.ParseFailure, match="not non-empty strings"):
+        parsing.parse_summary(json.dumps(empty), preset)
 
 
 def test_user_presets_from_yaml(tmp_path):
@@ -111,26 +111,26 @@ def test_user_presets_from_yaml(tmp_path):
                  "empty:\n  description: nothing\n  attributes: []\n"
                  "typo:\n  description: x\n  atributes: [a]\n"
                  "counted:\n  description: x\n  attributes: [a]\n  samples_per_summary: 4\n")
-    p = P.load_preset("tickets", str(f))
+    p = presets.load_preset("tickets", str(f))
     assert p.attributes == ("product", "urgency", "tone")
     # How many samples a summary yields is a run setting; a preset that sets it is told where it goes.
     with pytest.raises(ConfigError, match="set generation.samples_per_summary"):
-        P.load_preset("counted", str(f))
+        presets.load_preset("counted", str(f))
     with pytest.raises(ConfigError, match="needs a non-empty list of attributes"):
-        P.load_preset("empty", str(f))
+        presets.load_preset("empty", str(f))
     with pytest.raises(ConfigError, match="unknown key"):
-        P.load_preset("typo", str(f))
+        presets.load_preset("typo", str(f))
     f2 = tmp_path / "lengths.yaml"
     f2.write_text("short:\n  description: d\n  attributes: [a]\n  max_sample_chars: 40\n"
                   "zero:\n  description: d\n  attributes: [a]\n  max_sample_chars: 0\n")
-    assert P.load_preset("short", str(f2)).max_sample_chars == 40
-    assert p.max_sample_chars == P.Preset.max_sample_chars
+    assert presets.load_preset("short", str(f2)).max_sample_chars == 40
+    assert p.max_sample_chars == presets.Preset.max_sample_chars
     with pytest.raises(ConfigError, match="max_sample_chars must be a positive integer"):
-        P.load_preset("zero", str(f2))
+        presets.load_preset("zero", str(f2))
     with pytest.raises(ConfigError, match="unknown preset 'nope'"):
-        P.load_preset("nope", str(f))
+        presets.load_preset("nope", str(f))
     with pytest.raises(ConfigError, match="presets_file not found"):
-        P.load_preset("tickets", str(tmp_path / "missing.yaml"))
+        presets.load_preset("tickets", str(tmp_path / "missing.yaml"))
 
 
 def test_the_mode_table_covers_every_configurable_mode():
@@ -138,10 +138,10 @@ def test_the_mode_table_covers_every_configurable_mode():
 
     from synalign_ray.config import GenerationConfig
 
-    assert set(get_args(GenerationConfig.model_fields["mode"].annotation)) == set(P.MODES)
-    assert P.MODE_STAGES == {"two_stage": (P.SUMMARY_STAGE, P.SAMPLE_STAGE), "one_stage": (P.SAMPLE_STAGE,),
-                             "simprompt": (P.SAMPLE_STAGE,)}
-    assert all(set(stages) <= set(P.STAGES) for stages in P.MODE_STAGES.values())
+    assert set(get_args(GenerationConfig.model_fields["mode"].annotation)) == set(M.MODES)
+    assert M.MODE_STAGES == {"two_stage": (M.SUMMARY_STAGE, M.SAMPLE_STAGE), "one_stage": (M.SAMPLE_STAGE,),
+                             "simprompt": (M.SAMPLE_STAGE,)}
+    assert all(set(stages) <= set(M.STAGES) for stages in M.MODE_STAGES.values())
 
 
 def test_samples_per_summary_must_be_positive():
@@ -159,62 +159,62 @@ def test_request_seeds_and_token_shares():
 
 
 def test_normalised_duplicates():
-    assert P.normalise_text("  A  Great\tMovie ") == P.normalise_text("a great movie")
+    assert parsing.normalise_text("  A  Great\tMovie ") == parsing.normalise_text("a great movie")
 
 
 # ------------------------------------------------------------------------------------------- plain-text format
 
 
-@pytest.mark.parametrize("name", sorted(P.PRESETS))
+@pytest.mark.parametrize("name", sorted(presets.PRESETS))
 def test_text_format_two_stage_carries_the_summary_and_continues_the_groups_list(name, demos):
-    preset = P.PRESETS[name]
+    preset = presets.PRESETS[name]
     budgets = P.char_budgets(preset, 5, 1024)
-    first = P.stage1_prompt(preset, demos, "positive", "text", budgets)
+    first = M.stage1_prompt(preset, demos, "positive", "text", budgets)
     assert first.schema is None and first.answer_prefix == f"{P.attribute_title(preset.attributes[0])}:"
     assert all(f"{i + 1}. {P.one_line(t)}" in first.messages[0]["content"] for i, t in enumerate(demos))
-    summary = {P.attribute_key(a): f"value of {a}" for a in preset.attributes}
-    second = P.stage2_prompt(preset, "two_stage", "text", 5, budgets, demos, "positive", summary)
+    summary = {presets.attribute_key(a): f"value of {a}" for a in preset.attributes}
+    second = M.stage2_prompt(preset, "two_stage", "text", 5, budgets, demos, "positive", summary)
     assert all(f"{P.attribute_title(a)}: value of {a}" in second.messages[0]["content"] for a in preset.attributes)
     assert second.answer_prefix.endswith(f"\n{len(demos) + 1}.") and "\n1. " in second.answer_prefix
     assert second.answer_prefix.startswith(P.attribute_title(f"{preset.sample_noun}s with {preset.label_text('positive')}:"))
     assert second.n == 5 and second.stop == ("\n",) and second.max_tokens == P.text_sample_tokens(preset)
-    one = P.stage2_prompt(preset, "one_stage", "text", 5, budgets, demos, "positive")
+    one = M.stage2_prompt(preset, "one_stage", "text", 5, budgets, demos, "positive")
     assert "value of" not in one.messages[0]["content"] and one.answer_prefix == second.answer_prefix
-    zero = P.stage2_prompt(preset, "simprompt", "text", 5, budgets, demos, "positive")
+    zero = M.stage2_prompt(preset, "simprompt", "text", 5, budgets, demos, "positive")
     assert zero.answer_prefix.endswith(":\n1.") and not any(P.one_line(t) in zero.messages[0]["content"] for t in demos)
-    json_first = P.stage1_prompt(preset, demos, "positive", "json", budgets)
+    json_first = M.stage1_prompt(preset, demos, "positive", "json", budgets)
     assert json_first.schema == P.summary_schema(preset, budgets.summary_value) and not json_first.answer_prefix
 
 
 def test_text_summary_parse_is_lenient_but_needs_an_attribute():
-    preset = P.PRESETS["sst2"]
+    preset = presets.PRESETS["sst2"]
     answer = (" Drama, romance\n- Topic: love and loss.\nsomething unrelated\nLanguage habits: ...\n"
               "Review length: short sentences\nMovie genre: repeated, ignored")
-    assert P.parse_summary_text(answer, preset) == {"movie_genre": "Drama, romance", "topic": "love and loss",
+    assert parsing.parse_summary_text(answer, preset) == {"movie_genre": "Drama, romance", "topic": "love and loss",
                                                     "review_length": "short sentences"}
     # a line cut off by max_tokens is not trusted
-    assert P.parse_summary_text(" comedy\nTopic: fam", preset, "length") == {"movie_genre": "comedy"}
+    assert parsing.parse_summary_text(" comedy\nTopic: fam", preset, "length") == {"movie_genre": "comedy"}
     long = " " + "word " * 40
-    assert len(P.parse_summary_text(long, preset)["movie_genre"]) <= P.SUMMARY_MAX_CHARS
-    with pytest.raises(P.ParseFailure) as err:
-        P.parse_summary_text(" ...\nnothing here", preset)
+    assert len(parsing.parse_summary_text(long, preset)["movie_genre"]) <= P.SUMMARY_MAX_CHARS
+    with pytest.raises(parsing.ParseFailure) as err:
+        parsing.parse_summary_text(" ...\nnothing here", preset)
     assert err.value.reason == "no_attributes"
 
 
 def test_text_samples_parse_keeps_finished_lines_only():
-    got = P.parse_samples_text([' "A warm, funny film."', " cut off in the midd", "  ", " fine\n", " 1. I am a fan"],
+    got = parsing.parse_samples_text([' "A warm, funny film."', " cut off in the midd", "  ", " fine\n", " 1. I am a fan"],
                                ["stop", "length", "stop", "stop", "stop"])
     assert got == ["A warm, funny film.", "fine", "I am a fan"]
     for answers, finishes, reason in ((["x", "y"], ["length", "length"], "truncated"),
                                       ([" ", ""], ["stop", "stop"], "empty")):
-        with pytest.raises(P.ParseFailure) as err:
-            P.parse_samples_text(answers, finishes)
+        with pytest.raises(parsing.ParseFailure) as err:
+            parsing.parse_samples_text(answers, finishes)
         assert err.value.reason == reason
 
 
 def test_prompt_fingerprint_changes_with_mode_and_format():
-    preset = P.PRESETS["sst2"]
-    hashes = {P.prompt_fingerprint(preset, mode, fmt, 5, 1024) for mode in P.MODE_STAGES for fmt in P.OUTPUT_FORMATS}
-    assert len(hashes) == len(P.MODE_STAGES) * len(P.OUTPUT_FORMATS)
-    assert P.prompt_fingerprint(preset, "two_stage", "text", 5, 1024) == P.prompt_fingerprint(
+    preset = presets.PRESETS["sst2"]
+    hashes = {M.prompt_fingerprint(preset, mode, fmt, 5, 1024) for mode in M.MODE_STAGES for fmt in M.OUTPUT_FORMATS}
+    assert len(hashes) == len(M.MODE_STAGES) * len(M.OUTPUT_FORMATS)
+    assert M.prompt_fingerprint(preset, "two_stage", "text", 5, 1024) == M.prompt_fingerprint(
         preset, "two_stage", "text", 5, 1024)

@@ -9,7 +9,7 @@ import pytest
 from synalign_ray import quality
 from synalign_ray.config import QualityConfig, build_config
 from synalign_ray.errors import ConfigError
-from synalign_ray.generation.prompts import PRESETS
+from synalign_ray.generation.presets import PRESETS
 from synalign_ray.quality import (CHECK_REASONS, RowBounds, attribute_echo_terms, check_rows, distinct_n,
                                   label_agreement, mauve_score, mean_within_group_cosine, near_copy_max_cosine,
                                   real_ceiling, score_set, two_sample_auc)

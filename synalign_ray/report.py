@@ -35,11 +35,12 @@ def _png(fig) -> str:
 
 
 def _stage(run_dir: io.Location, name: str) -> tuple[dict[str, Any], Any]:
-    loc = run_dir.join(name)
-    manifest = io.read_manifest(loc)
-    if manifest is None:
-        raise InputError(f"{loc.url} is not complete: run `synalign run` to the end before the report")
-    return manifest, io.read_parts(loc, manifest)
+    from synalign_ray.run_folder import RunFolder
+
+    folder = RunFolder(run_dir.join(name))
+    if (manifest := folder.manifest()) is None:
+        raise InputError(f"{folder.url} is not complete: run `synalign run` to the end before the report")
+    return manifest, folder.read(manifest)
 
 
 def frontier_figure(al_manifest: dict[str, Any]) -> str | None:

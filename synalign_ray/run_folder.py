@@ -79,9 +79,9 @@ def read_output(path: str, storage: StorageConfig | None, fmt: str = "auto",
     if not io.exists(loc, storage):
         raise InputError(f"{what} not found: {loc.url}")
     if loc.fs.isdir(loc.path):
-        manifest = io.read_manifest(loc)
-        if manifest is not None:
-            return io.read_parts(loc, manifest), manifest
+        folder = RunFolder(loc, storage)
+        if (manifest := folder.manifest()) is not None:
+            return folder.read(manifest), manifest
         _refuse_legacy(loc)
     return io.read_table(path, fmt, storage), None
 
@@ -133,6 +133,13 @@ class RunFolder:
     def manifest(self) -> dict[str, Any] | None:
         """The manifest when the folder is complete, else None."""
         return io.read_manifest(self.loc)
+
+    def read(self, manifest: dict[str, Any] | None = None) -> pa.Table:
+        """The rows of the complete folder: the parts its manifest lists, in order."""
+        if manifest is None and (manifest := self.manifest()) is None:
+            _refuse_legacy(self.loc)
+            raise InputError(f"{self.url} has no {MANIFEST}: it is not a completed synalign output")
+        return io.read_parts(self.loc, manifest)
 
     # ------------------------------------------------------------------------------------------------ opening
 

@@ -14,7 +14,8 @@ import pyarrow.compute as pc
 from synalign_ray import io
 from synalign_ray.config import SynAlignConfig
 from synalign_ray.stages.align import ensure_embedded, read_rows
-from synalign_ray.stages.common import DROP_REASON, GENERATED_ID, write_table
+from synalign_ray.run_folder import RunFolder, settings_for
+from synalign_ray.stages.common import DROP_REASON, GENERATED_ID, stamp
 from synalign_ray.stages.common import top_reasons as _top_reasons
 from synalign_ray.stages.embed import embed_rows
 
@@ -26,18 +27,26 @@ def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_
     """Embed every generated row, kept and dropped (the quality table scores both), and mark the kept rows that
     repeat an input row in other words (near_copy), carry a label the input rows' classifier contradicts
     (label_mismatch) or repeat a row of their own group (near_duplicate) as dropped; or reuse the complete folder."""
+    cfg = stage_cfg("generated_embeddings")
+    # The marks depend on the quality and dedup settings as well as on the rows and the encoder.
+    settings = settings_for(cfg, ("data", "embedding", "generation", "quality"))
+    with RunFolder(run_dir.join("generated_embeddings"), cfg.storage).open(settings, cfg.output.overwrite) as folder:
+        if folder.reused is not None:
+            return folder.reused, folder.read(folder.reused)
+        out, manifest = _embed_and_mark(cfg, gen_loc, gen_manifest, embedded)
+        parts = folder.write_table(out, cfg.output.rows_per_part)
+        return folder.finish(stamp({**manifest, "parts": parts, "rows": out.num_rows, "columns": out.column_names},
+                                   folder, cfg)), out
+
+
+def _embed_and_mark(cfg: SynAlignConfig, gen_loc: io.Location, gen_manifest: dict[str, Any],
+                    embedded: pa.Table) -> tuple[pa.Table, dict[str, Any]]:
     from synalign_ray.generation.ledger import DROPPED_SCHEMA, dropped_location
     from synalign_ray.quality import near_copy_max_cosine
 
-    loc = run_dir.join("generated_embeddings")
-    if (m := io.read_manifest(loc)) is not None:
-        log.info("stage generated_embeddings: complete, reusing %s", loc.url)
-        return m, io.read_parts(loc, m)
-    cfg = stage_cfg("generated_embeddings")
-    kept = io.read_parts(gen_loc, gen_manifest)
+    kept = RunFolder(gen_loc, cfg.storage).read(gen_manifest)
     kept = kept.append_column(DROP_REASON, pa.nulls(kept.num_rows, pa.string()))
-    dropped_loc = dropped_location(gen_loc)
-    dropped = io.read_parts(dropped_loc, io.read_manifest(dropped_loc)) if gen_manifest.get("dropped_rows") else None
+    dropped = RunFolder(dropped_location(gen_loc), cfg.storage).read() if gen_manifest.get("dropped_rows") else None
     rows = pa.concat_tables([kept.cast(DROPPED_SCHEMA)] + ([dropped.cast(DROPPED_SCHEMA)] if dropped else []))
     rows = rows.append_column(io.ROW_ID, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
     out = embed_rows(rows, cfg, "text")
@@ -79,9 +88,8 @@ def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_
     kept_rows = sum(r is None for r in reasons)
     log.info("generated rows: %d kept, %d dropped (%s)", kept_rows, len(reasons) - kept_rows,
              _top_reasons(failed_checks, top=6) or "none")
-    return write_table(out, loc, cfg, {"kind": "embeddings", "input": gen_loc.url, "model": cfg.embedding.model,
-                                       "dim": emb.shape[1], "failed_checks": failed_checks,
-                                       "kept_rows": kept_rows}), out
+    return out, {"kind": "embeddings", "input": gen_loc.url, "model": cfg.embedding.model, "dim": emb.shape[1],
+                 "failed_checks": failed_checks, "kept_rows": kept_rows}
 
 
 def _live(reasons: list[str | None]) -> np.ndarray:

@@ -1,0 +1,76 @@
+"""The run's generated_embeddings stage on real rows (SST-2 dev rows stand in for generated ones): it marks a copy
+of an input row as near_copy, keeps the dropped folder's rows with their reasons, reuses its complete folder under
+the same settings and refuses it, naming the changed key, under other quality settings."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from synalign_ray import io
+from synalign_ray.config import build_config
+from synalign_ray.errors import InputError
+from synalign_ray.generation.ledger import DROPPED_SCHEMA, GENERATED_SCHEMA, dropped_location
+from synalign_ray.stages.common import DROP_REASON, write_table
+from synalign_ray.stages.score import _generated_embeddings_stage
+from tests.conftest import sample_rows
+
+KEPT, DROPPED = 30, 2
+
+
+def _generated(texts: list[str], labels: list[str], schema: pa.Schema, **extra) -> pa.Table:
+    return pa.Table.from_pylist([{"text": t, "label": lab, "group_id": i // 5, "demo_row_ids": [0, 1], "summary": "",
+                                  "model": "m", "prompt_tokens": 1, "completion_tokens": 1, **extra}
+                                 for i, (t, lab) in enumerate(zip(texts, labels))], schema=schema)
+
+
+@pytest.fixture
+def run_inputs(tmp_path, real_embeddings, ray_local):
+    real_rows, real_emb = real_embeddings("sst2_train.parquet", 200, 0)
+    embedded = real_rows.select(["text", "label"]).append_column(
+        io.ROW_ID, pa.array(np.arange(200), pa.int64())).append_column(io.EMBEDDING, io.embeddings_to_arrow(real_emb))
+    gen = sample_rows("sst2_dev.parquet", KEPT + DROPPED, seed=4)
+    texts, labels = gen.column("text").to_pylist(), gen.column("label").to_pylist()
+    texts[0] = real_rows.column("text")[7].as_py()  # the generator repeated an input row word for word
+    run_dir = io.resolve(str(tmp_path / "run"))
+    cfg = build_config({}, ["quality.label_min_probability=0"])
+    gen_loc = run_dir.join("generated")
+    write_table(_generated(texts[KEPT:], labels[KEPT:], DROPPED_SCHEMA, drop_reason="too_short"),
+                dropped_location(gen_loc), cfg, {"kind": "generated_dropped"})
+    gen_manifest = write_table(_generated(texts[:KEPT], labels[:KEPT], GENERATED_SCHEMA), gen_loc, cfg,
+                               {"kind": "generated", "dropped_rows": DROPPED, "failed_checks": {"too_short": DROPPED}})
+    return run_dir, gen_loc, gen_manifest, embedded
+
+
+def _stage_cfg(run_dir: io.Location, *overrides: str):
+    cfg = build_config({}, ["quality.label_min_probability=0", *overrides])
+    return lambda name: cfg.model_copy(update={"output": cfg.output.model_copy(
+        update={"path": run_dir.join(name).url})})
+
+
+def test_marks_reuses_and_refuses_changed_settings(run_inputs):
+    run_dir, gen_loc, gen_manifest, embedded = run_inputs
+    manifest, out = _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, embedded, _stage_cfg(run_dir))
+    reasons = out.column(DROP_REASON).to_pylist()
+    assert out.num_rows == KEPT + DROPPED
+    assert reasons[0] == "near_copy" and reasons[KEPT:] == ["too_short"] * DROPPED
+    assert manifest["failed_checks"]["near_copy"] == reasons.count("near_copy")
+    assert manifest["failed_checks"]["too_short"] == DROPPED
+    assert manifest["kept_rows"] == reasons.count(None)
+    assert out.column(io.ROW_ID).to_pylist() == list(range(KEPT + DROPPED))
+
+    # Same settings: the complete folder is read back, not rewritten.
+    folder = run_dir.join("generated_embeddings")
+    stamps = {p: os.stat(folder.join(p).path).st_mtime_ns for p in manifest["parts"]}
+    again, rows = _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, embedded, _stage_cfg(run_dir))
+    assert again == manifest and rows.equals(out)
+    assert {p: os.stat(folder.join(p).path).st_mtime_ns for p in manifest["parts"]} == stamps
+
+    # Another near-copy threshold would mark other rows: the folder is refused, the key named, nothing lost.
+    with pytest.raises(InputError, match=r"quality\.near_copy_cosine"):
+        _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, embedded,
+                                    _stage_cfg(run_dir, "quality.near_copy_cosine=0.9"))
+    assert io.read_manifest(folder) == manifest

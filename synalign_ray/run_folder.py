@@ -1,5 +1,5 @@
 """One output folder of a synalign command: reading a completed one, writing parts and the manifest last, the
-resume fingerprint, the overwrite rule and the lease that keeps a second job out of a folder a live job writes.
+resume fingerprint and the overwrite rule, all under the folder's lease (lease.py) while it writes.
 
 Layout: data files (`part-*.parquet`, …) only; metadata starts with `_` (`_manifest.json`, `_settings.json`,
 `_lease.json`, `_ledger/`), so pyarrow, Ray Data, DuckDB and Spark open the folder as a Parquet dataset.
@@ -9,34 +9,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import posixpath
-import socket
-import threading
-import time
-import uuid
 from typing import Any, Iterable
 
 import pyarrow as pa
 
 from synalign_ray import io
 from synalign_ray.config import StorageConfig, SynAlignConfig
-from synalign_ray.errors import InputError, StorageError, SynAlignError
+from synalign_ray.errors import InputError
+from synalign_ray.lease import LEASE, FolderLease, LeaseError
 
 log = logging.getLogger(__name__)
 
 MANIFEST = io.MANIFEST
 SETTINGS = "_settings.json"
-LEASE = "_lease.json"
 # Written by releases before the `_` layout; such a folder is refused rather than mixed into.
 LEGACY_MANIFEST = "manifest.json"
-# A lease whose heartbeat is older than this is stale (its job died on another host, or hung); the heartbeat is
-# refreshed every LEASE_TIMEOUT_S / 6 seconds.
-LEASE_TIMEOUT_S = 120.0
-
-
-class LeaseError(SynAlignError):
-    """Another live job holds the folder."""
 
 
 def settings_for(cfg: SynAlignConfig, sections: Iterable[str], **inputs: Any) -> dict[str, Any]:
@@ -92,16 +80,6 @@ def _refuse_legacy(loc: io.Location) -> None:
                          " rerun the command into a new folder or with output.overwrite=true")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
-
-
 class RunFolder:
     """The output folder one command writes. Use as a context manager around the work:
 
@@ -121,10 +99,7 @@ class RunFolder:
         self.loc = loc
         self.storage = storage
         self.reused: dict[str, Any] | None = None
-        self._token: str | None = None
-        self._stop = threading.Event()
-        self._beat: threading.Thread | None = None
-        self.lease_lost = False
+        self.lease = FolderLease(loc, storage)
 
     @property
     def url(self) -> str:
@@ -147,7 +122,7 @@ class RunFolder:
              siblings: Iterable[io.Location] = ()) -> "RunFolder":
         """Check the folder is writable, take the lease, then apply the overwrite rule (see the class)."""
         io.check_writable(self.loc, self.storage)
-        self.acquire_lease()
+        self.lease.acquire()
         try:
             self._apply_rule(settings, overwrite, resume, list(siblings))
         except BaseException:
@@ -222,7 +197,7 @@ class RunFolder:
 
     def finish(self, manifest: dict[str, Any]) -> dict[str, Any]:
         """Write the manifest (last: the folder is complete from here on) and release the lease."""
-        if self.lease_lost:
+        if self.lease.lost:
             raise LeaseError(f"{self.url}: another job took over this folder's lease while this one ran (its "
                              "heartbeat stalled past the timeout); this job's result is not marked complete")
         io.write_manifest(self.loc, manifest, self.storage)
@@ -235,77 +210,6 @@ class RunFolder:
     def __exit__(self, *exc: Any) -> None:
         self.release()
 
-    # -------------------------------------------------------------------------------------------------- lease
-
-    def _lease_body(self, started: float) -> dict[str, Any]:
-        return {"host": socket.gethostname(), "pid": os.getpid(), "token": self._token, "started": started,
-                "heartbeat": time.time()}
-
-    def _read_lease(self) -> dict[str, Any] | None:
-        try:
-            return io.read_manifest(self.loc, LEASE)
-        except (ValueError, OSError):  # half-written or vanished between exists and open
-            return None
-
-    def stale_reason(self, lease: dict[str, Any], timeout: float = LEASE_TIMEOUT_S) -> str | None:
-        """Why `lease` no longer blocks (its job is gone), or None when a live job may hold it."""
-        age = time.time() - float(lease.get("heartbeat", 0))
-        if age > timeout:
-            return f"heartbeat {age:.0f} s old"
-        if lease.get("host") == socket.gethostname() and not _pid_alive(int(lease.get("pid", -1))):
-            return f"process {lease.get('pid')} on this host has exited"
-        return None
-
-    def acquire_lease(self) -> None:
-        """Refuse with LeaseError while another live job holds the folder; a stale lease is taken over."""
-        lease = self._read_lease()
-        if lease is not None:
-            why = self.stale_reason(lease)
-            if why is None:
-                raise LeaseError(f"{self.url} is being written by another job (host {lease.get('host')}, pid "
-                                 f"{lease.get('pid')}, heartbeat {time.time() - float(lease['heartbeat']):.0f} s "
-                                 f"ago); wait for it to finish, stop it, or choose another output path (a lease "
-                                 f"older than {LEASE_TIMEOUT_S:.0f} s counts as stale)")
-            log.warning("%s: taking over a stale lease (%s)", self.url, why)
-        self._token = uuid.uuid4().hex
-        started = time.time()
-        io.write_manifest(self.loc, self._lease_body(started), self.storage, name=LEASE)
-        # Two jobs that start together both see no lease; the later write wins, and the earlier job finds a
-        # token that is not its own here (neither storage offers an atomic create-if-absent through fsspec).
-        time.sleep(0.2)
-        now = self._read_lease()
-        if now is None or now.get("token") != self._token:
-            self._token = None
-            raise LeaseError(f"{self.url}: another job took the folder's lease at the same moment; choose another "
-                             "output path or wait for it")
-        self._stop.clear()
-        self._beat = threading.Thread(target=self._heartbeat, args=(started,), daemon=True,
-                                      name=f"synalign-lease-{posixpath.basename(self.loc.path)}")
-        self._beat.start()
-
-    def _heartbeat(self, started: float) -> None:
-        while not self._stop.wait(LEASE_TIMEOUT_S / 6):
-            try:
-                current = self._read_lease()
-                if current is not None and current.get("token") != self._token:
-                    log.error("%s: the lease was taken over by host %s pid %s", self.url, current.get("host"),
-                              current.get("pid"))
-                    self.lease_lost = True
-                    return
-                io.write_manifest(self.loc, self._lease_body(started), self.storage, name=LEASE)
-            except (StorageError, OSError) as err:  # a missed beat is retried; the timeout allows several
-                log.warning("%s: lease heartbeat failed: %s", self.url, err)
-
     def release(self) -> None:
-        """Stop the heartbeat and remove the lease if it is still ours (idempotent)."""
-        if self._token is None:
-            return
-        self._stop.set()
-        if self._beat is not None:
-            self._beat.join(timeout=30)
-        current = self._read_lease()
-        if current is not None and current.get("token") == self._token:
-            target = self.loc.join(LEASE).path
-            if self.loc.fs.exists(target):
-                self.loc.fs.rm(target)
-        self._token = None
+        """Give the folder's lease back (idempotent)."""
+        self.lease.release()

@@ -14,11 +14,12 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 
-from synalign_ray import io, run_folder
+from synalign_ray import io, lease, run_folder
 from synalign_ray.cli import main
 from synalign_ray.config import StorageConfig, build_config
 from synalign_ray.errors import InputError
-from synalign_ray.run_folder import LeaseError, RunFolder, settings_for
+from synalign_ray.lease import FolderLease, LeaseError
+from synalign_ray.run_folder import RunFolder, settings_for
 from synalign_ray.stages.common import write_table
 
 
@@ -101,7 +102,7 @@ def test_foreign_and_legacy_folders_are_refused(store):
 def _lease(loc, storage, host, pid, age):
     now = time.time()
     io.write_manifest(loc, {"host": host, "pid": pid, "token": "other", "started": now - age, "heartbeat": now - age},
-                      storage, name=run_folder.LEASE)
+                      storage, name=lease.LEASE)
 
 
 def _dead_pid() -> int:
@@ -126,29 +127,29 @@ def test_lease_refuses_a_live_job_and_takes_over_a_dead_one(store):
     # Killed on this host: its pid is gone, so the lease is stale at once and the job resumes.
     _lease(loc, storage, here, _dead_pid(), age=1)
     assert _write(loc, storage, {"k": 1})["rows"] == 6
-    assert not loc.fs.exists(loc.join(run_folder.LEASE).path), "a finished job leaves no lease"
+    assert not loc.fs.exists(loc.join(lease.LEASE).path), "a finished job leaves no lease"
     # Killed on another host: stale once its heartbeat is older than the timeout.
     loc.fs.rm(loc.join(io.MANIFEST).path)
-    _lease(loc, storage, "other-host.example", 1, age=run_folder.LEASE_TIMEOUT_S + 5)
+    _lease(loc, storage, "other-host.example", 1, age=lease.LEASE_TIMEOUT_S + 5)
     assert _write(loc, storage, {"k": 1})["rows"] == 6
 
 
 def test_heartbeat_keeps_a_long_job_live(store, monkeypatch):
     base, storage, _ = store
     # A beat every second; generous against a loaded machine, where one moto round trip can take a second.
-    monkeypatch.setattr(run_folder, "LEASE_TIMEOUT_S", 6.0)
+    monkeypatch.setattr(lease, "LEASE_TIMEOUT_S", 6.0)
     loc = io.resolve(base + "/beat", storage)
     folder = RunFolder(loc, storage).open({"k": 1})
     try:
-        first = io.read_manifest(loc, run_folder.LEASE)
+        first = io.read_manifest(loc, lease.LEASE)
         assert first["host"] == socket.gethostname() and first["pid"] == os.getpid()
         time.sleep(7.0)  # longer than the timeout: only the heartbeat keeps the lease fresh
-        later = io.read_manifest(loc, run_folder.LEASE)
+        later = io.read_manifest(loc, lease.LEASE)
         assert later["heartbeat"] > first["heartbeat"] and later["token"] == first["token"]
-        assert RunFolder(loc, storage).stale_reason(later) is None
+        assert FolderLease(loc, storage).stale_reason(later) is None
     finally:
         folder.release()
-    assert not loc.fs.exists(loc.join(run_folder.LEASE).path)
+    assert not loc.fs.exists(loc.join(lease.LEASE).path)
 
 
 def test_a_second_command_into_a_leased_folder_exits_2(store, real_embeddings, capsys):
@@ -163,7 +164,7 @@ def test_a_second_command_into_a_leased_folder_exits_2(store, real_embeddings, c
     argv = ["select", "--embeddings", base + "/emb", "--output", out.url, "selection.max_groups=3", *overrides]
     assert main(argv) == 2
     assert "is being written by another job" in capsys.readouterr().err.strip().splitlines()[-1]
-    out.fs.rm(out.join(run_folder.LEASE).path)
+    out.fs.rm(out.join(lease.LEASE).path)
     assert main(argv) == 0
     first = io.read_manifest(out)
     # The same command again finds the folder complete with the same settings and reuses it; a changed setting

@@ -74,6 +74,8 @@ class EmbeddingConfig(_Strict):
 class SelectionConfig(_Strict):
     """Exploration-aware sampling: GP uncertainty over the real embeddings (paper §3.2)."""
 
+    NOT_RESULTS = frozenset({"num_shards", "num_cpus_per_shard"})  # K shard actors give the in-process schedule
+
     k: PositiveInt = 9
     kernel: Literal["exponential", "rbf"] = "exponential"
     tau: PositiveFloat | Literal["auto"] = "auto"
@@ -95,6 +97,9 @@ class SelectionConfig(_Strict):
         "partitioned engine: seeded rows per scope unit whose Nyström features carry the kernel across partitions "
         "(PIC); 0 drops the cross-partition effect"))
     max_state_gib: PositiveFloat = Field(default=4.0, description="budget for the GP state (float32 V), all GPs")
+    num_shards: PositiveInt = Field(default=1, description=(
+        "Ray actors holding the GP partitions; per-label GPs then run on different actors at once. 1: in the tracker"))
+    num_cpus_per_shard: PositiveFloat = 1.0
     seed: int = 0
 
     @model_validator(mode="after")

@@ -280,6 +280,8 @@ def write_report(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, A
         ("effective sample size", f"{al.get('fit', {}).get('ess', float('nan')):.1f}"),
         ("generator busy (share of generation wall time)", f"{gen['pool']['busy_fraction']:.1%}"),
         ("output tokens/s", gen["pool"]["output_tokens_per_second"]),
+        ("Ray nodes of the generators / alignment shards",
+         f"{len(set(gen['pool'].get('nodes', [])))} / {len(set(al.get('shard_nodes', [])))}"),
         ("model / mode / format / preset",
          f"{gen['model']} / {gen['mode']} / {gen.get('output_format', 'json')} / {gen['preset']}"),
     ]

@@ -52,6 +52,19 @@ def start(resources: ResourcesConfig, join_running: bool = False) -> str:
     return "local"
 
 
+def _node_of(_actor) -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id()
+
+
+def node_ids(handles: list) -> list[str]:
+    """The Ray node each of these actors runs on (what a run reports, so a user sees where its work went)."""
+    import ray
+
+    return ray.get([h.__ray_call__.remote(_node_of) for h in handles])
+
+
 @contextlib.contextmanager
 def ray_session(resources: ResourcesConfig) -> Iterator[Any]:
     """Ray for the duration of a command: reuse one already initialised in this process (the job entry point's,

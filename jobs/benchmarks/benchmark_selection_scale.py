@@ -15,6 +15,7 @@ displaced by seeded Gaussian jitter of JITTER per coordinate·√d (norm ≈ JIT
 --thresholds: where `threshold` stops on AG News dev and SST-2 train.
 --partition-sweep: on SST-2 train, the partitioned engine's k-NN-radius coverage over partition_rows, against exact.
 --hull-maps SEEDS: on SST-2 train, hull coverage of the max-variance schedules over several t-SNE maps (map noise).
+--scale ROWS,GROUPS --shards 1,2: the same selection with its partitions on K Ray shard actors of one CPU each.
 
 Run: python jobs/benchmarks/benchmark_selection_scale.py --coverage --scope --thresholds --scale 250000,5000;
 prints tables, asserts nothing.
@@ -32,7 +33,7 @@ from synalign_ray.config import SelectionConfig
 from synalign_ray.metrics import convex_hull_coverage, coverage_profile, knn_radii_of, tsne_map
 from synalign_ray.selection.schedule import build_schedule
 from synalign_ray.selection.plan import PARTITION_GROWTH
-from synalign_ray.selection.tracker import SelectionTracker
+from synalign_ray.selection.tracker import SelectionTracker, actor_shards
 
 KS = [1, 2, 5, 10, 20]
 DISTANCES = [0.6, 0.8, 1.0]
@@ -267,7 +268,7 @@ def scale(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows:
         while batch := tracker.next_groups(256):
             issued += len(batch)
         total = time.perf_counter() - start
-        state = sum(s.state_bytes() for s in tracker._shards)
+        state = tracker.state_bytes()
         progress = tracker.progress()
     selected = issued * (cfg.k + 1)
     print(f"\n## scale: {rows:,} rows (SST-2 train + AG News dev tiled, jitter {JITTER}), {issued:,} groups "
@@ -279,14 +280,47 @@ def scale(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows:
     print(f"| per group ms | {1e3 * (total - setup) / issued:.2f} |")
     print(f"| total s | {total:.1f} |")
     print(f"| GP state allocated (V and inducing features) MiB | {state / 2**20:.0f} |")
-    used = sum(p.gp.n_observed * p.gp.points.shape[0] * 4 for shard in tracker._shards for p in shard._parts.values())
-    print(f"| GP state used Σ n_p·|S_p|·4 B MiB | {used / 2**20:.0f} |")
+    print(f"| GP state used Σ n_p·|S_p|·4 B MiB | {tracker.state_bytes(used=True) / 2**20:.0f} |")
     print(f"| state bound partition_rows·|S|·4 B MiB (refusal uses {PARTITION_GROWTH}× it) | "
           f"{partition_rows * selected * 4 / 2**20:.0f} |")
     print(f"| exact engine would need (Σ_label n·|S_label|·4 B, |S_label| ∝ n) GiB | "
           f"{sum((labels == l).sum() ** 2 * selected / rows * 4 for l in set(labels)) / 2**30:.1f} |")
     print(f"| peak RSS of the process GiB | {peak.peak / 2**30:.2f} |")
     print(f"| embeddings alone (N·d·4 B) GiB | {emb.nbytes / 2**30:.2f} |")
+
+
+def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows: int,
+                  shard_counts: list[int]) -> None:
+    """The same selection with its partitions on K shard actors of one CPU each (the per-label GPs placed whole on
+    shards, so different labels' groups are computed at once): time per group at each K against K = the first."""
+    import ray
+
+    emb, labels = tiled_embeddings(rows)
+    cfg = SelectionConfig(max_groups=groups, threshold=1e-6, engine="partitioned", partition_rows=partition_rows,
+                          rule=rule, inducing_rows=inducing_rows)
+    ray.init(num_cpus=max(shard_counts), include_dashboard=False, log_to_driver=False)
+    print(f"\n## shard actors: {rows:,} rows (tiled as --scale), {groups:,} groups, rule {rule}, partition_rows "
+          f"{partition_rows}, inducing_rows {inducing_rows}; each shard an actor of 1 CPU (1 BLAS thread), the "
+          f"coordinator in the driver\n")
+    print("| shard actors K | setup s | selection s | per group ms | per group vs K = first | same schedule |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    first, reference = None, None
+    for k in shard_counts:
+        start = time.perf_counter()
+        tracker = SelectionTracker(emb, labels.tolist(), np.arange(rows), cfg, num_shards=k,
+                                   make_shard=actor_shards(ray, num_cpus=1))
+        tracker.progress()  # the shards' replies to the constructor's tops() are in
+        setup = time.perf_counter() - start
+        schedule = []
+        while batch := tracker.next_groups(256):
+            schedule.extend(tuple(g["demo_row_ids"]) for g in batch)
+        per_group = (time.perf_counter() - start - setup) / len(schedule)
+        first = first or per_group
+        reference = reference or schedule
+        print(f"| {k} | {setup:.1f} | {per_group * len(schedule):.1f} | {1e3 * per_group:.2f} | "
+              f"{per_group / first:.3f} | {schedule == reference} |")
+        del tracker
+    ray.shutdown()
 
 
 def main() -> None:
@@ -301,6 +335,7 @@ def main() -> None:
     parser.add_argument("--partition-rows", type=int, default=2000)
     parser.add_argument("--rule", default="density_weighted", help="rule of the --scale run")
     parser.add_argument("--inducing-rows", type=int, default=256, help="inducing_rows of the --scale run")
+    parser.add_argument("--shards", help="K1,K2,...: run the --scale selection on K shard actors instead")
     args = parser.parse_args()
     if args.coverage:
         coverage("sst2_train", args.groups, args.partition_rows)
@@ -316,7 +351,11 @@ def main() -> None:
         own_label_coverage(100)
     if args.scale:
         rows, groups = (int(x) for x in args.scale.split(","))
-        scale(rows, groups, args.partition_rows, args.rule, args.inducing_rows)
+        if args.shards:
+            shard_scaling(rows, groups, args.partition_rows, args.rule, args.inducing_rows,
+                          [int(x) for x in args.shards.split(",")])
+        else:
+            scale(rows, groups, args.partition_rows, args.rule, args.inducing_rows)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from synalign_ray import metrics
+from synalign_ray import metrics, runtime
 from synalign_ray.alignment.distributed import (SOURCE_REAL, SOURCE_SYNTHETIC, call_all, draw_distributed,
                                                  ray_spawn, search_distributed, start_shards)
 from synalign_ray.alignment.importance import importance_weights
@@ -101,6 +101,7 @@ def _align(cfg: SynAlignConfig, plan: FitPlan, real: pa.Table, real_emb: np.ndar
     handles = start_shards(spawn, a.num_shards, syn_emb, syn_groups, real_emb, plan.fit_groups, feature_map,
                            len(group_names), syn_rows=syn_rows, real_rows=real)
     shard_sizes = np.stack(ray.get([h.group_sizes.remote() for h in handles]))
+    shard_nodes = runtime.node_ids(handles)
     group_sizes = shard_sizes.sum(0)
     real_counts = np.bincount(plan.real_groups[plan.real_groups >= 0], minlength=len(group_names))
     fitted_counts = np.bincount(plan.real_groups[plan.fitted], minlength=len(group_names))
@@ -189,6 +190,7 @@ def _align(cfg: SynAlignConfig, plan: FitPlan, real: pa.Table, real_emb: np.ndar
                    "distinct_resampled": int(np.unique(chosen).size), "distinct_fraction": distinct,
                    "per_label": per_label, "labels_without_synthetic_rows": plan.missing},
         "seeds": {"alignment": a.seed},
+        "shard_nodes": shard_nodes,
         "config": cfg.redacted(),
         "fit": fit_report,
         "metrics": report,

@@ -125,11 +125,12 @@ Spawn = Callable[..., Any]
 
 
 def ray_spawn(num_cpus: float = 1.0) -> Spawn:
-    """spawn(cls, *args) -> a Ray actor handle running cls(*args) with `num_cpus` reserved."""
+    """spawn(cls, *args) -> a Ray actor handle running cls(*args) with `num_cpus` reserved; shards spread over the
+    cluster's nodes (each holds its slice of the rows: spreading divides memory per node)."""
     import ray
 
     def spawn(cls, *args):
-        return ray.remote(cls).options(num_cpus=num_cpus).remote(*args)
+        return ray.remote(cls).options(num_cpus=num_cpus, scheduling_strategy="SPREAD").remote(*args)
 
     return spawn
 

@@ -13,6 +13,7 @@ from synalign_ray.config import GenerationConfig
 from synalign_ray.errors import SynAlignError
 from synalign_ray.generation.presets import Preset, load_preset
 from synalign_ray.generation.worker import BatchResult, Generator, Group
+from synalign_ray.runtime import node_ids
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,12 @@ class GeneratorPool:
         self.max_replacements = max_replacements
         self._actor_cls = ray.remote(Generator).options(
             num_cpus=cfg.num_cpus_per_generator, num_gpus=cfg.num_gpus_per_generator or None,
-            max_restarts=0, max_concurrency=1)
+            max_restarts=0, max_concurrency=1, scheduling_strategy="SPREAD")
         t0 = time.monotonic()
         self.actors = [self._start() for _ in range(cfg.num_generators)]
         infos = self._ready(self.actors)
         self.info = infos[0]
+        self.nodes = node_ids(self.actors)  # replacements may land elsewhere; this is where the pool started
         self.engine_start_seconds = [time.monotonic() - t0] * len(self.actors)
         log.info("%d generator(s) ready in %.1f s: %s (context %d tokens)", len(self.actors),
                  time.monotonic() - t0, self.info["model"], self.info["max_model_len"])

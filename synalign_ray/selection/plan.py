@@ -161,3 +161,21 @@ def resolve_engine(cfg: SelectionConfig, unit_rows: list[int], unit_selected: li
                           f"selection.max_groups, selection.partition_rows or selection.inducing_rows, or use engine "
                           f"partitioned")
     return engine
+
+
+def place_partitions(units: list[int], loads: list[float], num_shards: int) -> list[int]:
+    """The shard of each partition (`units[pid]` its scope unit, `loads` each unit's planned selected rows).
+
+    With at least `num_shards` units, whole units go to shards, the largest load first onto the least loaded shard
+    (ties: the lower unit, the lower shard): a unit's groups never depend on another unit's, so the tracker runs
+    different shards' units at once. With fewer units than shards, partitions go round robin (pid % num_shards):
+    the shards then divide a unit's memory, and its groups stay sequential."""
+    n_units = len(loads)
+    if n_units < num_shards:
+        return [pid % num_shards for pid in range(len(units))]
+    shard_load = [0.0] * num_shards
+    unit_shard = [0] * n_units
+    for u in sorted(range(n_units), key=lambda u: (-loads[u], u)):
+        unit_shard[u] = min(range(num_shards), key=lambda s: (shard_load[s], s))
+        shard_load[unit_shard[u]] += loads[u]
+    return [unit_shard[u] for u in units]

@@ -34,9 +34,10 @@ def groups_to_table(groups: list[dict], row_id_type: pa.DataType) -> pa.Table:
 
 
 def build_schedule(cfg: SelectionConfig, embeddings: np.ndarray, labels: list[str] | None,
-                   row_ids: np.ndarray) -> pa.Table:
-    """The full selection schedule for these embeddings: depends on the embeddings, labels, config and seed only."""
-    tracker = SelectionTracker(embeddings, labels, row_ids, cfg)
+                   row_ids: np.ndarray, **shards) -> pa.Table:
+    """The full selection schedule for these embeddings: depends on the embeddings, labels, config and seed only
+    (`shards`: SelectionTracker's num_shards and make_shard, which do not change it)."""
+    tracker = SelectionTracker(embeddings, labels, row_ids, cfg, **shards)
     groups: list[dict] = []
     while batch := tracker.next_groups(DRAIN_BATCH):
         groups.extend(batch)

@@ -5,7 +5,9 @@ will do (τ, quotas, engine, stopping level) is decided in plan.py."""
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections import deque
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from typing import Any, Callable, Generator
 
 import numpy as np
 
@@ -13,12 +15,16 @@ from synalign_ray.config import SelectionConfig
 from synalign_ray.errors import ConfigError
 from synalign_ray.selection.gp import SYNC_ROWS, TIE_TOLERANCE
 from synalign_ray.selection.partitions import PartitionShard, bisect_partitions, inducing_features
-from synalign_ray.selection.plan import (PARTITION_GROWTH, auto_tau, check_inputs, density_weights, plan_quotas,
-                                         resolve_engine, stop_variance)
+from synalign_ray.selection.plan import (PARTITION_GROWTH, auto_tau, check_inputs, density_weights, place_partitions,
+                                         plan_quotas, resolve_engine, stop_variance)
 
 # Pending rows before a partition writes V for all its rows. A partition is small, so writing often is cheap, and
 # with nothing pending the next anchor is a plain argmax of the bounds (jobs/benchmarks/benchmark_selection_scale.py measured it).
 PARTITION_SYNC_ROWS = 1
+# Groups a label's shard may compute ahead of the label's turn: enough that a shard holding one label of a
+# proportional budget keeps working while the others' groups are issued; bounded, so a caller that stops early
+# leaves little work done for nothing.
+LOOKAHEAD = 4
 
 
 class SelectionTracker:
@@ -91,11 +97,10 @@ class SelectionTracker:
                                        unit[part], inducing, cfg.kernel, self.tau).astype(np.float32)})
         del unit
         self.n_partitions = len(partitions)
-        by_shard = [{pid: p for pid, p in enumerate(partitions) if pid % num_shards == s} for s in range(num_shards)]
+        self._shard_of = place_partitions([p["unit"] for p in partitions], unit_selected, num_shards)
+        by_shard = [{pid: p for pid, p in enumerate(partitions) if self._shard_of[pid] == s} for s in range(num_shards)]
         self._shards = [make_shard(partitions=parts, k=cfg.k, kernel=cfg.kernel, tau=self.tau, noise=cfg.noise)
                         for parts in by_shard]
-        # label → pid → (best score, tied global rows, largest variance): every partition's candidates, refreshed
-        # only for the partition that just received a group.
         # label → pid → (best score, tied global rows, largest variance, the unit's version it was computed at);
         # refreshed for the partition that just received a group, and (inducing features) lazily for the others.
         self._tops: dict[str, dict[int, tuple[float, np.ndarray, float, int]]] = {l: {} for l in label_rows}
@@ -106,15 +111,31 @@ class SelectionTracker:
         self._blocks: dict[int, list[np.ndarray]] = {u: [] for u in range(len(units))}
         self._version = {u: 0 for u in range(len(units))}
         self._applied = [{u: 0 for u in range(len(units))} for _ in self._shards]
-        self._unit_shards = {u: {pid % num_shards for pid, p in enumerate(partitions) if p["unit"] == u}
+        self._unit_shards = {u: {self._shard_of[pid] for pid, p in enumerate(partitions) if p["unit"] == u}
                              for u in range(len(units))}
-        for shard in self._shards:
-            for pid, tops in shard.tops().items():
+        for reply in [self._call(s, "tops") for s in range(num_shards)]:
+            for pid, tops in reply.result().items():
                 self._store_tops(pid, tops)
         self._issued_per_label = {l: 0 for l in label_rows}
         self._active = [l for l in label_rows if self._quota[l] > 0]
         self._issued: list[np.ndarray] = []
         self._variances: list[float] = []
+        # Per-label GPs are independent: a label's groups may be computed ahead of its turn (at most LOOKAHEAD),
+        # on its own shard while other shards compute other labels'. A shared GP's groups go strictly in turn.
+        self._independent = cfg.gp_scope == "per_label"
+        self._ahead: dict[str, deque] = {l: deque() for l in label_rows}  # computed groups not yet issued
+        self._computed = {l: 0 for l in label_rows}  # issued + ahead
+        self._stopped: set[str] = set()  # labels whose next step found no group
+        self._running: dict[str, tuple[Generator, list[Future]]] = {}  # label → its step and the calls it awaits
+
+    def _call(self, shard: int, method: str, *args) -> Future:
+        """A shard's answer as a Future: an in-process shard answers at once, an ActorShard when its actor does."""
+        out = getattr(self._shards[shard], method)(*args)
+        if isinstance(out, Future):
+            return out
+        done: Future = Future()
+        done.set_result(out)
+        return done
 
     def _store_tops(self, pid: int, tops: dict) -> None:
         version = self._version[self._part_unit[pid]]
@@ -136,18 +157,33 @@ class SelectionTracker:
     def _fresh(self, pid: int, entry: tuple) -> bool:
         return entry[3] == self._version[self._part_unit[pid]]
 
-    def _refresh(self, pid: int) -> None:
-        shard = pid % len(self._shards)
-        self._store_tops(pid, self._shards[shard].refresh(pid, self._updates(shard, self._part_unit[pid])))
+    def _refresh(self, pids: list[int]) -> Generator:
+        """Refresh these stale partitions, one call per partition, all at once (a step's `yield`)."""
+        calls = [(pid, self._shard_of[pid]) for pid in pids]
+        replies = yield [self._call(shard, "refresh", pid, self._updates(shard, self._part_unit[pid]))
+                         for pid, shard in calls]
+        for (pid, _), tops in zip(calls, replies):
+            self._store_tops(pid, tops)
 
-    def _label_top(self, label) -> tuple[np.ndarray, np.ndarray] | None:
-        """(candidate anchors tied at the label's best score, the partition of each), or None once its quota is
-        spent, no partition can form a group, or its largest variance is below the stop level.
+    def _stale_first(self, pids: list[int], key: Callable[[int], tuple]) -> list[int]:
+        """Of these stale partitions, the one of highest `key` on each shard: refreshed together, they keep every
+        shard's refreshes in the lazy order, and run at once when the unit's partitions span shards."""
+        best: dict[int, int] = {}
+        for pid in pids:
+            s = self._shard_of[pid]
+            if s not in best or key(pid) > key(best[s]):
+                best[s] = pid
+        return sorted(best.values())
+
+    def _label_top(self, label) -> Generator:
+        """A step returning (candidate anchors tied at the label's best score, the partition of each), or None once
+        its quota is spent, no partition can form a group, or its largest variance is below the stop level.
 
         A stale entry (its unit observed groups elsewhere since) bounds its partition from above: the stale entries
-        that could hold the largest variance or the best score, ties included, are refreshed first (lazily)."""
+        that could hold the largest variance or the best score, ties included, are refreshed first (lazily). Which
+        ones are refreshed changes no result: the answer depends on exact (fresh) values only."""
         entries = self._tops[label]
-        if self._issued_per_label[label] >= self._quota[label]:
+        if self._computed[label] >= self._quota[label]:
             return None
         while True:
             above = {pid: e for pid, e in entries.items() if e[2] >= self.stop_variance}
@@ -155,45 +191,94 @@ class SelectionTracker:
                 return None
             if any(self._fresh(pid, e) for pid, e in above.items()):
                 break
-            self._refresh(max(above, key=lambda pid: (above[pid][2], -pid)))
+            yield from self._refresh(self._stale_first(list(above), lambda pid: (above[pid][2], -pid)))
         while True:
             best = max(e[0] for pid, e in entries.items() if self._fresh(pid, e))
             stale = [pid for pid, e in entries.items() if e[0] >= best - TIE_TOLERANCE and not self._fresh(pid, e)]
             if not stale:
                 break
-            self._refresh(max(stale, key=lambda pid: (entries[pid][0], -pid)))
+            yield from self._refresh(self._stale_first(stale, lambda pid: (entries[pid][0], -pid)))
         tied = [(pid, e[1]) for pid, e in entries.items() if e[0] >= best - TIE_TOLERANCE]
         return (np.concatenate([rows for _, rows in tied]),
                 np.concatenate([np.full(rows.shape[0], pid) for pid, rows in tied]))
 
-    def _next_label(self):
-        while self._active:
-            label = min(self._active, key=lambda l: self._issued_per_label[l] / self._quota[l])
-            top = self._label_top(label)
-            if top is None:
-                self._active.remove(label)
-                continue
-            return label, top
-        return None
-
-    def _select_next(self) -> dict | None:
-        turn = self._next_label()
-        if turn is None:
+    def _step(self, label) -> Generator:
+        """The label's next group as a step: a generator that yields the shard calls it awaits (a list of Futures)
+        and is sent their answers; it returns (the group's rows, the anchor's variance), or None when it stops."""
+        top = yield from self._label_top(label)
+        if top is None:
             return None
-        label, (tied, pids) = turn
+        tied, pids = top
         pick = int(np.argmin(self._rank[tied]))
         pid = int(pids[pick])
-        shard, unit = pid % len(self._shards), self._part_unit[pid]
-        group, variance, tops, block = self._shards[shard].add(pid, int(tied[pick]), self._updates(shard, unit))
+        shard, unit = self._shard_of[pid], self._part_unit[pid]
+        [(group, variance, tops, block)] = yield [self._call(shard, "add", pid, int(tied[pick]),
+                                                             self._updates(shard, unit))]
         if block is not None:
             self._blocks[unit].append(block)
             self._version[unit] += 1
             self._applied[shard][unit] = self._version[unit]
         self._store_tops(pid, tops)
-        self._issued_per_label[label] += 1
-        self._issued.append(np.asarray(group, dtype=np.int64))
-        self._variances.append(variance)
-        return self._record(len(self._issued) - 1, label)
+        return np.asarray(group, dtype=np.int64), variance
+
+    def _advance(self, label, replies: list | None) -> None:
+        """Send a running step its answers; keep the calls it awaits next, or its result once it returns."""
+        step = self._running[label][0]
+        try:
+            self._running[label] = (step, step.send(replies))
+        except StopIteration as stop:
+            del self._running[label]
+            if stop.value is None:
+                self._stopped.add(label)
+            else:
+                self._ahead[label].append(stop.value)
+                self._computed[label] += 1
+
+    def _start(self, label) -> None:
+        self._running[label] = (self._step(label), [])
+        self._advance(label, None)
+
+    def _pump(self) -> bool:
+        """Advance every running step whose calls have all answered, until none has; True if any advanced."""
+        moved = False
+        while ready := [l for l, (_, calls) in self._running.items() if all(c.done() for c in calls)]:
+            for label in ready:
+                self._advance(label, [c.result() for c in self._running[label][1]])
+            moved = True
+        return moved
+
+    def _wait_for(self, label) -> None:
+        """Run steps until `label` has a group ahead or has stopped. While its own step waits on a shard, the other
+        labels' next steps (independent GPs only, at most LOOKAHEAD ahead) are started on theirs."""
+        while not self._ahead[label] and label not in self._stopped:
+            if label not in self._running:
+                self._start(label)
+            self._pump()
+            if self._ahead[label] or label in self._stopped:
+                return
+            if self._independent:
+                for other in self._active:
+                    if (other not in self._running and other not in self._stopped
+                            and len(self._ahead[other]) < LOOKAHEAD):
+                        self._start(other)
+                if self._pump():
+                    continue
+            wait([c for _, calls in self._running.values() for c in calls], return_when=FIRST_COMPLETED)
+
+    def _select_next(self) -> dict | None:
+        """The next group in turn: the active label with the smallest issued/quota ratio, ties in sorted order."""
+        while self._active:
+            label = min(self._active, key=lambda l: self._issued_per_label[l] / self._quota[l])
+            self._wait_for(label)
+            if not self._ahead[label]:
+                self._active.remove(label)
+                continue
+            group, variance = self._ahead[label].popleft()
+            self._issued_per_label[label] += 1
+            self._issued.append(group)
+            self._variances.append(variance)
+            return self._record(len(self._issued) - 1, label)
+        return None
 
     def _record(self, group_id: int, label) -> dict:
         group = self._issued[group_id]
@@ -218,20 +303,69 @@ class SelectionTracker:
             out.append(record)
         return out
 
+    def _drain(self) -> None:
+        """Let every running step finish (their groups stay ahead): a query then sees no call in flight."""
+        while self._running:
+            if not self._pump():
+                wait([c for _, calls in self._running.values() for c in calls], return_when=FIRST_COMPLETED)
+
+    def _run(self, step: Generator):
+        """Drive one step to its end, waiting on each of its calls in turn; its return value."""
+        replies = None
+        while True:
+            try:
+                calls = step.send(replies)
+            except StopIteration as stop:
+                return stop.value
+            replies = [c.result() for c in calls]
+
+    def state_bytes(self, used: bool = False) -> int:
+        """GP state allocated on all shards (PartitionShard.state_bytes), or with `used` the V actually filled."""
+        return sum(reply.result() for reply in [self._call(s, "state_bytes", used) for s in range(len(self._shards))])
+
     def progress(self) -> dict:
         """Groups issued and planned; the largest variance among rows that can still anchor a group (any label; with
-        inducing features an upper bound, from partitions not refreshed since other partitions' groups), the stop
-        level, the engine and its partitions, and the labels skipped as too small (label → rows)."""
+        inducing features an upper bound, from partitions not refreshed since other partitions' groups; groups
+        computed ahead of their turn count as observed), the stop level, the engine and its partitions, and the
+        labels skipped as too small (label → rows)."""
+        self._drain()
         largest = [e[2] for entries in self._tops.values() for e in entries.values()]
         return {
             "groups_issued": len(self._issued),
             "groups_planned": sum(self._quota.values()),
             "max_variance": float(max(largest)) if largest else 0.0,
             "stop_variance": self.stop_variance,
-            "done": all(self._label_top(l) is None for l in self._active),
+            "done": all(not self._ahead[l] and (l in self._stopped or self._run(self._label_top(l)) is None)
+                        for l in self._active),
             "tau": self.tau,
             "engine": self.engine,
             "partitions": self.n_partitions,
             "labels_skipped": dict(self.skipped_labels),
         }
 
+
+class ActorShard:
+    """A shard held by a Ray actor (`handle`): each method call returns a concurrent.futures.Future of the actor's
+    answer, so the tracker can wait on several shards at once. No Ray import: the handle brings it."""
+
+    def __init__(self, handle):
+        self._handle = handle
+
+    def __getattr__(self, method: str) -> Callable[..., Future]:
+        remote = getattr(self._handle, method)
+        return lambda *args: remote.remote(*args).future()
+
+
+def actor_shards(ray, **options) -> Callable[..., ActorShard]:
+    """A `make_shard` factory: each shard a PartitionShard in its own Ray actor (`options` as actor options)."""
+    actor_class = ray.remote(PartitionShard).options(**options)
+    return lambda **kwargs: ActorShard(actor_class.remote(**kwargs))
+
+
+def shard_options(ray, cfg: SelectionConfig) -> dict[str, Any]:
+    """SelectionTracker's shard arguments for `cfg`: `selection.num_shards` actors of `num_cpus_per_shard` CPUs
+    each, spread over the cluster's nodes, or (one shard) none: the partitions then stay in the tracker's process."""
+    if cfg.num_shards == 1:
+        return {}
+    return {"num_shards": cfg.num_shards,
+            "make_shard": actor_shards(ray, num_cpus=cfg.num_cpus_per_shard, scheduling_strategy="SPREAD")}

@@ -95,7 +95,7 @@ def _tracker_batches(ray, tracker, n: int) -> Iterator[list[dict[str, Any]]]:
 
 
 def _start_tracker(ray, cfg: SynAlignConfig, real: pa.Table, embedded: pa.Table | None, timings: dict[str, float]):
-    from synalign_ray.selection.tracker import SelectionTracker
+    from synalign_ray.selection.tracker import SelectionTracker, shard_options
 
     if embedded is None:
         t0 = time.monotonic()
@@ -104,7 +104,8 @@ def _start_tracker(ray, cfg: SynAlignConfig, real: pa.Table, embedded: pa.Table 
     emb = io.embeddings_from_arrow(embedded.column(io.EMBEDDING))
     labels = embedded.column(cfg.data.label_column).to_pylist() if cfg.data.label_column else None
     ids = np.asarray(embedded.column(io.ROW_ID).to_numpy())
-    return ray.remote(SelectionTracker).options(num_cpus=0).remote(emb, labels, ids, cfg.selection)
+    return ray.remote(SelectionTracker).options(num_cpus=0).remote(emb, labels, ids, cfg.selection,
+                                                                   **shard_options(ray, cfg.selection))
 
 
 def check_generated_rows(manifest: dict[str, Any]) -> None:
@@ -180,7 +181,7 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
             "output_format": g.output_format, "preset": preset.name,
             "prompt_hash": prompt_fingerprint(preset, g.mode, g.output_format, g.samples_per_summary,
                                               g.sampling.max_tokens),
-            "pool": {"generators": g.num_generators, "batches_this_run": stats.batches,
+            "pool": {"generators": g.num_generators, "nodes": pool_info["nodes"], "batches_this_run": stats.batches,
                      "busy_fraction": round(stats.busy_fraction, 4), "actor_replacements": stats.actor_replacements,
                      "output_tokens_per_second": round(stats.completion_tokens / max(stats.wall_seconds, 1e-9), 1)},
             "selection": selection, "timings": {k: round(v, 3) for k, v in timings.items()},
@@ -218,7 +219,7 @@ def _generate(cfg: SynAlignConfig, preset, pool: Any, feed: Iterator[list], ledg
 
     try:
         stats = pool.run(feed, on_result, g, preset)
-        info = pool.info
+        info = {**pool.info, "nodes": pool.nodes}
     finally:
         if own_pool:
             pool.shutdown()

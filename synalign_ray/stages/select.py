@@ -41,7 +41,15 @@ def select_stage(cfg: SynAlignConfig, embedded_path: str) -> dict[str, Any]:
         if folder.reused is not None:
             return folder.reused
         t0 = time.monotonic()
-        schedule = build_schedule(cfg.selection, emb, labels, table.column(io.ROW_ID).to_numpy())
+        row_ids = table.column(io.ROW_ID).to_numpy()
+        if cfg.selection.num_shards == 1:
+            schedule = build_schedule(cfg.selection, emb, labels, row_ids)
+        else:
+            from synalign_ray.runtime import ray_session
+            from synalign_ray.selection.tracker import shard_options
+
+            with ray_session(cfg.resources) as ray:
+                schedule = build_schedule(cfg.selection, emb, labels, row_ids, **shard_options(ray, cfg.selection))
         seconds = time.monotonic() - t0
         log.info("selected %d group(s) from %d rows in %.1f s (tau %.4g)", schedule.num_rows, table.num_rows,
                  seconds, schedule.column("tau")[0].as_py() if schedule.num_rows else float("nan"))

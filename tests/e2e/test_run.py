@@ -1,5 +1,5 @@
 """`synalign run` end to end (real Ray, vLLM CPU, MiniLM): local folder and moto S3, resume, and the Ray job
-entry point against a cluster started with `ray start --head`."""
+entry point against a two-node cluster started with `ray start` (output to moto S3)."""
 
 import html
 import json
@@ -164,43 +164,75 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.vllm  # the job runs its own engine in a subprocess
+def _ray_nodes(ray_bin: str, port: int, env: dict) -> int:
+    """Alive nodes of the cluster at 127.0.0.1:port as `ray status` lists them (0 while it is not up)."""
+    out = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True, text=True)
+    return sum(1 for line in out.stdout.splitlines() if line.strip().startswith("1 node_")) if out.returncode == 0 \
+        else 0
+
+
+@pytest.mark.vllm  # the job runs its own engines in the cluster's workers
 @pytest.mark.ray
-def test_ray_job_entry_point_on_a_started_cluster(tmp_path):
+def test_ray_job_entry_point_on_a_two_node_cluster_with_s3_output(tmp_path, s3_bucket):
+    """A local two-node cluster (`ray start --head`, then `ray start --address` with its own CPUs and its own model
+    cache): the job entry point joins it; generators, selection shards and alignment shards spread over both
+    nodes; each node converts the model into its own cache; the run lands on moto S3 and names no secret."""
+    storage, bucket = s3_bucket
     ray_bin = str(Path(sys.executable).parent / "ray")
     port = _free_port()
     # A token file left in ~/.ray switches `ray start` to token auth that the client then lacks: this test
     # cluster runs without auth, as a fresh laptop's would.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "disabled"}
+    env = {k: v for k, v in os.environ.items() if k != "SYNALIGN_CACHE_DIR"}
+    env.update({"HF_HUB_OFFLINE": "1", "RAY_ADDRESS": f"127.0.0.1:{port}", "RAY_AUTH_MODE": "disabled"})
     # A short temp dir: Ray's Unix socket paths must stay under the 107-character limit.
     temp_dir = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")
-    start = [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-             "--num-cpus=2", "--include-dashboard=false", f"--temp-dir={temp_dir}", "--disable-usage-stats"]
-    # --block in its own process group: stopping it stops this cluster only (`ray stop` would stop every Ray
-    # on the machine, the test session's own included).
-    head = subprocess.Popen(start, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    caches = {name: tmp_path / f"cache_{name}" for name in ("head", "worker")}
+    common = ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp_dir}",
+              "--disable-usage-stats"]
+    commands = {"head": [ray_bin, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+                "worker": [ray_bin, "start", f"--address=127.0.0.1:{port}", *common]}
+    nodes: dict[str, subprocess.Popen] = {}
     try:
-        ready = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True)
-        deadline = time.monotonic() + 120
-        while ready.returncode != 0 and time.monotonic() < deadline:
-            time.sleep(2)
-            ready = subprocess.run([ray_bin, "status", f"--address=127.0.0.1:{port}"], env=env, capture_output=True)
-        assert ready.returncode == 0, "ray start --head did not come up"
-        out = tmp_path / "job_run"
+        for name in ("head", "worker"):
+            # --block in its own process group: stopping it stops this node only (`ray stop` would stop every Ray
+            # on the machine, the test session's own included). The node's workers inherit its model cache.
+            nodes[name] = subprocess.Popen(commands[name], env={**env, "SYNALIGN_CACHE_DIR": str(caches[name])},
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           start_new_session=True)
+            want, deadline = len(nodes), time.monotonic() + 120
+            while _ray_nodes(ray_bin, port, env) < want and time.monotonic() < deadline:
+                time.sleep(2)
+            assert _ray_nodes(ray_bin, port, env) == want, f"ray start ({name}) did not come up"
+        out = f"s3://{bucket}/cluster/run"
+        secrets = ["storage.access_key_id=AKIDCLUSTER0002", "storage.secret_access_key=clustersecret7"]
         job = subprocess.run(
             [sys.executable, "jobs/synalign_job.py", "--config", "jobs/configs/local.yaml", *SMALL_RUN,
-             "selection.max_groups=2", "data.sample_rows=300", f"output.path={out}"],
-            cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+             "selection.max_groups=4", "data.sample_rows=300", f"output.path={out}",
+             f"storage.endpoint_url={storage.endpoint_url}", "storage.region=us-east-1", *secrets,
+             "generation.num_generators=2", "alignment.num_shards=2", "selection.num_shards=2",
+             "selection.num_cpus_per_shard=0.25", "selection.engine=partitioned", "selection.partition_rows=40"],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
         assert job.returncode == 0, job.stderr[-3000:]
         assert "connected to cluster Ray" in job.stdout
-        manifest = io.read_manifest(io.resolve(str(out)))
-        assert manifest["kind"] == "run" and manifest["counts"]["groups"] == 2
+        cfg = load_config(DEFAULT_RUN_CONFIG, [f"storage.endpoint_url={storage.endpoint_url}",
+                                               "storage.region=us-east-1", *secrets])
+        loc = io.resolve(out, cfg.storage)
+        manifest = io.read_manifest(loc)
+        assert manifest["kind"] == "run" and manifest["counts"]["groups"] == 4
         assert np.isfinite(manifest["metrics"]["aligned"]["mmd2_rbf"])
+        generated, aligned = io.read_manifest(loc.join("generated")), io.read_manifest(loc.join("aligned"))
+        assert len(set(generated["pool"]["nodes"])) == 2, generated["pool"]
+        assert len(set(aligned["shard_nodes"])) == 2, aligned["shard_nodes"]
+        assert io.read_parts(loc.join("aligned")).num_rows == aligned["counts"]["rows"] > 0
+        for name, cache in caches.items():
+            assert list(cache.rglob("*.safetensors")), f"the {name} node's generator converted no model into {cache}"
+        for secret in ("AKIDCLUSTER0002", "clustersecret7"):
+            assert secret not in job.stdout + job.stderr and secret not in _all_text(loc)
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        for proc in reversed(list(nodes.values())):
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
         shutil.rmtree(temp_dir, ignore_errors=True)

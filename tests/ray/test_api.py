@@ -1,5 +1,6 @@
 """The Python API on a real local Ray: `embed` then `select` on a small SST-2 sample, paths given as arguments
-(an output named `2024` stays a folder name), manifests returned and equal to the ones written."""
+(an output named `2024` stays a folder name), manifests returned and equal to the ones written; select on two shard
+actors gives the in-process schedule."""
 
 import numpy as np
 
@@ -8,7 +9,7 @@ from synalign_ray import io
 from tests.conftest import data_file
 
 
-def test_embed_then_select_through_the_api(ray_local, tmp_path, monkeypatch, sentence_model):
+def test_embed_then_select_through_the_api(ray_local, tmp_path, monkeypatch, sentence_model, same_schedule):
     monkeypatch.chdir(tmp_path)
     cfg = synalign_ray.SynAlignConfig()
     cfg.data.sample_rows = 150
@@ -26,3 +27,13 @@ def test_embed_then_select_through_the_api(ray_local, tmp_path, monkeypatch, sen
     assert sched["groups"] == 5 and sched["real_rows"] == 150
     groups = io.read_parts(io.resolve(str(tmp_path / "yes")))
     assert groups.num_rows == 5 and all(len(g) == 4 for g in groups.column("demo_row_ids").to_pylist())
+
+    # On two shard actors (the partitioned engine, one label's GPs per actor) the schedule is the in-process one,
+    # and num_shards is no result setting: the same output folder is reused as it stands.
+    cfg.selection.engine, cfg.selection.partition_rows, cfg.selection.inducing_rows = "partitioned", 20, 8
+    one = synalign_ray.select(cfg, embeddings="2024", output=tmp_path / "one")
+    cfg.selection.num_shards, cfg.selection.num_cpus_per_shard = 2, 0.25
+    two = synalign_ray.select(cfg, embeddings="2024", output=tmp_path / "two")
+    assert two["groups"] == one["groups"] == 5
+    same_schedule(io.read_parts(io.resolve(str(tmp_path / "two"))), io.read_parts(io.resolve(str(tmp_path / "one"))))
+    assert synalign_ray.select(cfg, embeddings="2024", output=tmp_path / "one") == one

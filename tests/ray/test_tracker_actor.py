@@ -1,12 +1,14 @@
-"""The selection tracker as a Ray actor: same schedule as the plain class, and the same again when restarted."""
+"""The selection tracker as a Ray actor: same schedule as the plain class, and the same again when restarted; its
+partitions on two concurrent shard actors: the same schedule as in process."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from synalign_ray.config import SelectionConfig
 from synalign_ray.selection.schedule import build_schedule
-from synalign_ray.selection.tracker import SelectionTracker
+from synalign_ray.selection.tracker import SelectionTracker, actor_shards
 
 N_ROWS = 600
 
@@ -37,38 +39,54 @@ def test_actor_schedule_equals_plain_class_and_resumes(ray_local, real_embedding
     same_schedule(again, groups)
 
 
-class ActorShard:
-    """A PartitionShard in a Ray actor, answering the tracker's calls synchronously (the caller's own wrapper)."""
-
-    def __init__(self, ray, **kwargs):
-        from synalign_ray.selection.partitions import PartitionShard
-
-        self._ray = ray
-        self._actor = ray.remote(PartitionShard).remote(**kwargs)
-
-    def tops(self):
-        return self._ray.get(self._actor.tops.remote())
-
-    def add(self, pid, anchor, updates):
-        return self._ray.get(self._actor.add.remote(pid, anchor, updates))
-
-    def refresh(self, pid, updates):
-        return self._ray.get(self._actor.refresh.remote(pid, updates))
-
-    def state_bytes(self):
-        return self._ray.get(self._actor.state_bytes.remote())
-
-
-def test_partitions_on_two_shard_actors_give_the_in_process_schedule(ray_local, real_embeddings, same_schedule):
+@pytest.mark.parametrize("scope", ["per_label", "shared"])
+def test_two_concurrent_shard_actors_give_the_in_process_schedule(ray_local, real_embeddings, same_schedule, scope):
     rows, emb = real_embeddings("agnews_dev.parquet", N_ROWS, 0)
     labels = rows.column("label").to_pylist()
     ids = np.arange(N_ROWS, dtype=np.int64)
-    # inducing rows make every group's block of h travel to the other actor (the cross-partition term)
+    # inducing rows make every group's block of h travel to the unit's other shards (the cross-partition term);
+    # per_label: each label's partitions on one actor, the labels' steps run on both at once; shared: one unit,
+    # its partitions round robin over both actors, stale partitions refreshed on both at once
     cfg = SelectionConfig(k=9, max_groups=30, budget="average", engine="partitioned", partition_rows=60,
-                          rule="density_weighted", inducing_rows=32)
+                          rule="density_weighted", inducing_rows=32, gp_scope=scope)
     plain = SelectionTracker(emb, labels, ids, cfg)
-    spread = SelectionTracker(emb, labels, ids, cfg, num_shards=2,
-                              make_shard=lambda **kwargs: ActorShard(ray_local, **kwargs))
+    spread = SelectionTracker(emb, labels, ids, cfg, num_shards=2, make_shard=actor_shards(ray_local, num_cpus=0.5))
     assert plain.n_partitions == spread.n_partitions >= 8
-    assert all(s.state_bytes() > 0 for s in spread._shards), "both actors hold partitions"
-    same_schedule(spread.next_groups(100), plain.next_groups(100))
+    assert min(spread._call(s, "state_bytes").result() for s in range(2)) > 0, "both actors hold partitions"
+    units_on = [{spread._part_unit[pid] for pid in range(spread.n_partitions) if spread._shard_of[pid] == s}
+                for s in range(2)]
+    if scope == "per_label":
+        assert not units_on[0] & units_on[1], "each label's GP lives on one actor"
+    else:
+        assert units_on[0] == units_on[1] == {0}, "the one shared GP spans both actors"
+    # asked in small batches, so issuing and computing ahead interleave
+    spread_groups = [g for _ in range(10) for g in spread.next_groups(4)]
+    same_schedule(spread_groups, plain.next_groups(100))
+    assert spread.progress()["done"] and spread.state_bytes() == plain.state_bytes()
+
+
+def test_generate_stage_tracker_with_shard_actors_gives_the_in_process_schedule(ray_local, real_embeddings,
+                                                                                same_schedule):
+    """The tracker actor as `synalign generate` starts it, with selection.num_shards = 2: it builds its own shard
+    actors (actor_shards' factory travels to it) and issues the schedule `synalign select` builds in process."""
+    import pyarrow as pa
+
+    from synalign_ray import io
+    from synalign_ray.config import SynAlignConfig
+    from synalign_ray.stages.generate import _start_tracker
+
+    rows, emb = real_embeddings("agnews_dev.parquet", N_ROWS, 0)
+    labels = rows.column("label").to_pylist()
+    ids = np.arange(N_ROWS, dtype=np.int64)
+    cfg = SynAlignConfig()
+    cfg.data.label_column = "label"
+    cfg.selection = SelectionConfig(k=9, max_groups=30, engine="partitioned", partition_rows=60, inducing_rows=32,
+                                    num_shards=2, num_cpus_per_shard=0.25)
+    embedded = pa.table({io.ROW_ID: ids, "label": labels, io.EMBEDDING: io.embeddings_to_arrow(emb)})
+    tracker = _start_tracker(ray_local, cfg, None, embedded, {})
+    groups = []
+    while batch := ray_local.get(tracker.next_groups.remote(7)):
+        groups.extend(batch)
+    same_schedule(groups, build_schedule(cfg.selection, emb, labels, ids))
+    assert ray_local.get(tracker.state_bytes.remote()) > 0
+    ray_local.kill(tracker)

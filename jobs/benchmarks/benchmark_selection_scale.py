@@ -33,7 +33,8 @@ from synalign_ray.config import SelectionConfig
 from synalign_ray.metrics import convex_hull_coverage, coverage_profile, knn_radii_of, tsne_map
 from synalign_ray.selection.schedule import build_schedule
 from synalign_ray.selection.plan import PARTITION_GROWTH
-from synalign_ray.selection.tracker import SelectionTracker, actor_shards
+from synalign_ray.selection.steps import actor_shards
+from synalign_ray.selection.tracker import SelectionTracker
 
 KS = [1, 2, 5, 10, 20]
 DISTANCES = [0.6, 0.8, 1.0]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from concurrent.futures import FIRST_COMPLETED, Future, wait
 from typing import Any, Callable, Generator
 
 import numpy as np
@@ -17,6 +16,7 @@ from synalign_ray.selection.gp import SYNC_ROWS, TIE_TOLERANCE
 from synalign_ray.selection.partitions import PartitionShard, bisect_partitions, inducing_features
 from synalign_ray.selection.plan import (PARTITION_GROWTH, auto_tau, check_inputs, density_weights, place_partitions,
                                          plan_quotas, resolve_engine, stop_variance)
+from synalign_ray.selection.steps import StepRunner, call_shard, run_step
 
 # Pending rows before a partition writes V for all its rows. A partition is small, so writing often is cheap, and
 # with nothing pending the next anchor is a plain argmax of the bounds (jobs/benchmarks/benchmark_selection_scale.py measured it).
@@ -113,7 +113,7 @@ class SelectionTracker:
         self._applied = [{u: 0 for u in range(len(units))} for _ in self._shards]
         self._unit_shards = {u: {self._shard_of[pid] for pid, p in enumerate(partitions) if p["unit"] == u}
                              for u in range(len(units))}
-        for reply in [self._call(s, "tops") for s in range(num_shards)]:
+        for reply in [call_shard(shard, "tops") for shard in self._shards]:
             for pid, tops in reply.result().items():
                 self._store_tops(pid, tops)
         self._issued_per_label = {l: 0 for l in label_rows}
@@ -126,16 +126,17 @@ class SelectionTracker:
         self._ahead: dict[str, deque] = {l: deque() for l in label_rows}  # computed groups not yet issued
         self._computed = {l: 0 for l in label_rows}  # issued + ahead
         self._stopped: set[str] = set()  # labels whose next step found no group
-        self._running: dict[str, tuple[Generator, list[Future]]] = {}  # label → its step and the calls it awaits
+        ahead, computed, stopped = self._ahead, self._computed, self._stopped
 
-    def _call(self, shard: int, method: str, *args) -> Future:
-        """A shard's answer as a Future: an in-process shard answers at once, an ActorShard when its actor does."""
-        out = getattr(self._shards[shard], method)(*args)
-        if isinstance(out, Future):
-            return out
-        done: Future = Future()
-        done.set_result(out)
-        return done
+        def step_done(label, result) -> None:  # a step's group waits for its turn; None: the label has stopped
+            if result is None:
+                stopped.add(label)
+            else:
+                ahead[label].append(result)
+                computed[label] += 1
+
+        # A closure, not a bound method: no reference cycle keeps a dropped tracker (and its shard actors) alive.
+        self._steps = StepRunner(step_done)  # label → its running step
 
     def _store_tops(self, pid: int, tops: dict) -> None:
         version = self._version[self._part_unit[pid]]
@@ -160,7 +161,7 @@ class SelectionTracker:
     def _refresh(self, pids: list[int]) -> Generator:
         """Refresh these stale partitions, one call per partition, all at once (a step's `yield`)."""
         calls = [(pid, self._shard_of[pid]) for pid in pids]
-        replies = yield [self._call(shard, "refresh", pid, self._updates(shard, self._part_unit[pid]))
+        replies = yield [call_shard(self._shards[shard], "refresh", pid, self._updates(shard, self._part_unit[pid]))
                          for pid, shard in calls]
         for (pid, _), tops in zip(calls, replies):
             self._store_tops(pid, tops)
@@ -212,8 +213,8 @@ class SelectionTracker:
         pick = int(np.argmin(self._rank[tied]))
         pid = int(pids[pick])
         shard, unit = self._shard_of[pid], self._part_unit[pid]
-        [(group, variance, tops, block)] = yield [self._call(shard, "add", pid, int(tied[pick]),
-                                                             self._updates(shard, unit))]
+        [(group, variance, tops, block)] = yield [call_shard(self._shards[shard], "add", pid, int(tied[pick]),
+                                                              self._updates(shard, unit))]
         if block is not None:
             self._blocks[unit].append(block)
             self._version[unit] += 1
@@ -221,49 +222,23 @@ class SelectionTracker:
         self._store_tops(pid, tops)
         return np.asarray(group, dtype=np.int64), variance
 
-    def _advance(self, label, replies: list | None) -> None:
-        """Send a running step its answers; keep the calls it awaits next, or its result once it returns."""
-        step = self._running[label][0]
-        try:
-            self._running[label] = (step, step.send(replies))
-        except StopIteration as stop:
-            del self._running[label]
-            if stop.value is None:
-                self._stopped.add(label)
-            else:
-                self._ahead[label].append(stop.value)
-                self._computed[label] += 1
-
-    def _start(self, label) -> None:
-        self._running[label] = (self._step(label), [])
-        self._advance(label, None)
-
-    def _pump(self) -> bool:
-        """Advance every running step whose calls have all answered, until none has; True if any advanced."""
-        moved = False
-        while ready := [l for l, (_, calls) in self._running.items() if all(c.done() for c in calls)]:
-            for label in ready:
-                self._advance(label, [c.result() for c in self._running[label][1]])
-            moved = True
-        return moved
-
     def _wait_for(self, label) -> None:
         """Run steps until `label` has a group ahead or has stopped. While its own step waits on a shard, the other
         labels' next steps (independent GPs only, at most LOOKAHEAD ahead) are started on theirs."""
         while not self._ahead[label] and label not in self._stopped:
-            if label not in self._running:
-                self._start(label)
-            self._pump()
+            if label not in self._steps:
+                self._steps.start(label, self._step(label))
+            self._steps.pump()
             if self._ahead[label] or label in self._stopped:
                 return
             if self._independent:
                 for other in self._active:
-                    if (other not in self._running and other not in self._stopped
+                    if (other not in self._steps and other not in self._stopped
                             and len(self._ahead[other]) < LOOKAHEAD):
-                        self._start(other)
-                if self._pump():
+                        self._steps.start(other, self._step(other))
+                if self._steps.pump():
                     continue
-            wait([c for _, calls in self._running.values() for c in calls], return_when=FIRST_COMPLETED)
+            self._steps.wait()
 
     def _select_next(self) -> dict | None:
         """The next group in turn: the active label with the smallest issued/quota ratio, ties in sorted order."""
@@ -303,39 +278,23 @@ class SelectionTracker:
             out.append(record)
         return out
 
-    def _drain(self) -> None:
-        """Let every running step finish (their groups stay ahead): a query then sees no call in flight."""
-        while self._running:
-            if not self._pump():
-                wait([c for _, calls in self._running.values() for c in calls], return_when=FIRST_COMPLETED)
-
-    def _run(self, step: Generator):
-        """Drive one step to its end, waiting on each of its calls in turn; its return value."""
-        replies = None
-        while True:
-            try:
-                calls = step.send(replies)
-            except StopIteration as stop:
-                return stop.value
-            replies = [c.result() for c in calls]
-
     def state_bytes(self, used: bool = False) -> int:
         """GP state allocated on all shards (PartitionShard.state_bytes), or with `used` the V actually filled."""
-        return sum(reply.result() for reply in [self._call(s, "state_bytes", used) for s in range(len(self._shards))])
+        return sum(reply.result() for reply in [call_shard(shard, "state_bytes", used) for shard in self._shards])
 
     def progress(self) -> dict:
         """Groups issued and planned; the largest variance among rows that can still anchor a group (any label; with
         inducing features an upper bound, from partitions not refreshed since other partitions' groups; groups
         computed ahead of their turn count as observed), the stop level, the engine and its partitions, and the
         labels skipped as too small (label → rows)."""
-        self._drain()
+        self._steps.drain()  # a query sees no call in flight; the finished steps' groups stay ahead
         largest = [e[2] for entries in self._tops.values() for e in entries.values()]
         return {
             "groups_issued": len(self._issued),
             "groups_planned": sum(self._quota.values()),
             "max_variance": float(max(largest)) if largest else 0.0,
             "stop_variance": self.stop_variance,
-            "done": all(not self._ahead[l] and (l in self._stopped or self._run(self._label_top(l)) is None)
+            "done": all(not self._ahead[l] and (l in self._stopped or run_step(self._label_top(l)) is None)
                         for l in self._active),
             "tau": self.tau,
             "engine": self.engine,
@@ -343,29 +302,3 @@ class SelectionTracker:
             "labels_skipped": dict(self.skipped_labels),
         }
 
-
-class ActorShard:
-    """A shard held by a Ray actor (`handle`): each method call returns a concurrent.futures.Future of the actor's
-    answer, so the tracker can wait on several shards at once. No Ray import: the handle brings it."""
-
-    def __init__(self, handle):
-        self._handle = handle
-
-    def __getattr__(self, method: str) -> Callable[..., Future]:
-        remote = getattr(self._handle, method)
-        return lambda *args: remote.remote(*args).future()
-
-
-def actor_shards(ray, **options) -> Callable[..., ActorShard]:
-    """A `make_shard` factory: each shard a PartitionShard in its own Ray actor (`options` as actor options)."""
-    actor_class = ray.remote(PartitionShard).options(**options)
-    return lambda **kwargs: ActorShard(actor_class.remote(**kwargs))
-
-
-def shard_options(ray, cfg: SelectionConfig) -> dict[str, Any]:
-    """SelectionTracker's shard arguments for `cfg`: `selection.num_shards` actors of `num_cpus_per_shard` CPUs
-    each, spread over the cluster's nodes, or (one shard) none: the partitions then stay in the tracker's process."""
-    if cfg.num_shards == 1:
-        return {}
-    return {"num_shards": cfg.num_shards,
-            "make_shard": actor_shards(ray, num_cpus=cfg.num_cpus_per_shard, scheduling_strategy="SPREAD")}

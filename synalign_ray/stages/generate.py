@@ -95,7 +95,8 @@ def _tracker_batches(ray, tracker, n: int) -> Iterator[list[dict[str, Any]]]:
 
 
 def _start_tracker(ray, cfg: SynAlignConfig, real: pa.Table, embedded: pa.Table | None, timings: dict[str, float]):
-    from synalign_ray.selection.tracker import SelectionTracker, shard_options
+    from synalign_ray.selection.steps import shard_options
+    from synalign_ray.selection.tracker import SelectionTracker
 
     if embedded is None:
         t0 = time.monotonic()

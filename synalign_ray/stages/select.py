@@ -46,7 +46,7 @@ def select_stage(cfg: SynAlignConfig, embedded_path: str) -> dict[str, Any]:
             schedule = build_schedule(cfg.selection, emb, labels, row_ids)
         else:
             from synalign_ray.runtime import ray_session
-            from synalign_ray.selection.tracker import shard_options
+            from synalign_ray.selection.steps import shard_options
 
             with ray_session(cfg.resources) as ray:
                 schedule = build_schedule(cfg.selection, emb, labels, row_ids, **shard_options(ray, cfg.selection))

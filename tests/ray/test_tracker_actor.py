@@ -8,7 +8,8 @@ import pytest
 
 from synalign_ray.config import SelectionConfig
 from synalign_ray.selection.schedule import build_schedule
-from synalign_ray.selection.tracker import SelectionTracker, actor_shards
+from synalign_ray.selection.steps import actor_shards, call_shard
+from synalign_ray.selection.tracker import SelectionTracker
 
 N_ROWS = 600
 
@@ -52,7 +53,7 @@ def test_two_concurrent_shard_actors_give_the_in_process_schedule(ray_local, rea
     plain = SelectionTracker(emb, labels, ids, cfg)
     spread = SelectionTracker(emb, labels, ids, cfg, num_shards=2, make_shard=actor_shards(ray_local, num_cpus=0.5))
     assert plain.n_partitions == spread.n_partitions >= 8
-    assert min(spread._call(s, "state_bytes").result() for s in range(2)) > 0, "both actors hold partitions"
+    assert min(call_shard(shard, "state_bytes").result() for shard in spread._shards) > 0, "both actors hold partitions"
     units_on = [{spread._part_unit[pid] for pid in range(spread.n_partitions) if spread._shard_of[pid] == s}
                 for s in range(2)]
     if scope == "per_label":

@@ -42,9 +42,6 @@ class StepRunner:
     def __contains__(self, key) -> bool:
         return key in self._running
 
-    def __bool__(self) -> bool:
-        return bool(self._running)
-
     def start(self, key, step: Generator) -> None:
         self._running[key] = (step, [])
         self._advance(key, None)

@@ -4,17 +4,18 @@ convert embedding columns, write one Parquet part or JSON file atomically. `run_
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import posixpath
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from synalign_ray.config import DataConfig, StorageConfig
+from synalign_ray.config import StorageConfig
 from synalign_ray.errors import InputError, StorageError
 # Part of io's interface (callers reach them as io.resolve, io.Location, …); they live in storage.py.
 from synalign_ray.storage import Location, _s3_error, check_writable, exists, is_s3, redact, resolve  # noqa: F401
@@ -36,7 +37,7 @@ def _visible(f: str, root: str) -> bool:
     return not any(part.startswith((".", "_")) for part in rel.split("/"))
 
 
-def _detect_format(path: str, fmt: str, fs: Any) -> str:
+def detect_format(path: str, fmt: str, fs: Any) -> str:
     if fmt != "auto":
         return fmt
     probe = path
@@ -55,7 +56,7 @@ def _detect_format(path: str, fmt: str, fs: Any) -> str:
     return _FORMATS[ext]
 
 
-def _data_files(loc: Location, fmt: str) -> list[str]:
+def data_files(loc: Location, fmt: str) -> list[str]:
     if not loc.fs.isdir(loc.path):
         return [loc.path]
     files = sorted(f for f in loc.fs.find(loc.path)
@@ -66,31 +67,41 @@ def _data_files(loc: Location, fmt: str) -> list[str]:
     return files
 
 
+def file_url(loc: Location, f: str) -> str:
+    """The URL of a file found under `loc` (fsspec paths carry no scheme)."""
+    return ("s3://" + f) if is_s3(loc.url) else f
+
+
+@contextlib.contextmanager
+def reading(loc: Location, f: str, fmt: str, storage: StorageConfig | None = None) -> Iterator[None]:
+    """Turn a failure to parse file `f` of `loc` into one InputError line naming the file (secrets redacted)."""
+    try:
+        yield
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError, OSError, ValueError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise InputError(f"cannot read {file_url(loc, f)} as {fmt}: {redact(first, storage)}") from None
+
+
 def read_table(path: str, fmt: str = "auto", storage: StorageConfig | None = None,
                columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet, JSONL or CSV file or folder (local or s3://) into one Arrow table, in file order."""
     loc = resolve(path, storage)
     if not exists(loc, storage):
         raise InputError(f"input not found: {loc.url}")
-    fmt = _detect_format(loc.path, fmt, loc.fs)
+    fmt = detect_format(loc.path, fmt, loc.fs)
     tables = []
-    for f in _data_files(loc, fmt):
-        try:
-            with loc.fs.open(f, "rb") as fh:
-                if fmt == "parquet":
-                    t = pq.read_table(fh, columns=columns)
-                elif fmt == "jsonl":
-                    import pyarrow.json as pj
+    for f in data_files(loc, fmt):
+        with reading(loc, f, fmt, storage), loc.fs.open(f, "rb") as fh:
+            if fmt == "parquet":
+                t = pq.read_table(fh, columns=columns)
+            elif fmt == "jsonl":
+                import pyarrow.json as pj
 
-                    t = pj.read_json(fh)
-                else:
-                    import pyarrow.csv as pcsv
+                t = pj.read_json(fh)
+            else:
+                import pyarrow.csv as pcsv
 
-                    t = pcsv.read_csv(fh)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError, OSError, ValueError) as err:
-            first = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise InputError(f"cannot read {('s3://' + f) if is_s3(loc.url) else f} as {fmt}: "
-                             f"{redact(first, storage)}") from None
+                t = pcsv.read_csv(fh)
         tables.append(t)
     try:
         return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
@@ -102,9 +113,12 @@ def _first_index(mask: pa.Array) -> int:
     return int(np.flatnonzero(np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool))[0])
 
 
-def validate_text_table(table: pa.Table, text_column: str, label_column: str | None, where: str) -> pa.Table:
-    """Check text/label columns and normalise them to strings; raise InputError naming the first problem."""
-    if table.num_rows == 0:
+def validate_text_table(table: pa.Table, text_column: str, label_column: str | None, where: str,
+                        allow_empty: bool = False, first_row: int = 0) -> pa.Table:
+    """Check text/label columns and normalise them to strings; raise InputError naming the first problem (an empty
+    table too, unless `allow_empty`: one file or batch of a larger input). `first_row`: the row number, in `where`,
+    of the table's first row (a batch of a file)."""
+    if table.num_rows == 0 and not allow_empty:
         raise InputError(f"{where} has no rows")
     cols = table.column_names
     if text_column not in cols:
@@ -122,19 +136,19 @@ def validate_text_table(table: pa.Table, text_column: str, label_column: str | N
     nulls = text.null_count
     if nulls:
         raise InputError(f"text column '{text_column}' in {where} has {nulls} null values "
-                         f"(first at row {_first_index(pc.is_null(text))})")
+                         f"(first at row {first_row + _first_index(pc.is_null(text))})")
     blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(text)), 0)
     n_blank = pc.sum(blank).as_py() or 0
     if n_blank:
         raise InputError(f"text column '{text_column}' in {where} has {n_blank} empty or blank strings "
-                         f"(first at row {_first_index(blank)})")
+                         f"(first at row {first_row + _first_index(blank)})")
     if text.type != pa.string():
         table = table.set_column(cols.index(text_column), text_column, text.cast(pa.string()))
     if label_column is not None:
         label = table.column(label_column)
         if label.null_count:
             raise InputError(f"label column '{label_column}' in {where} has {label.null_count} null values "
-                             f"(first at row {_first_index(pc.is_null(label))})")
+                             f"(first at row {first_row + _first_index(pc.is_null(label))})")
         if not (pa.types.is_string(label.type) or pa.types.is_integer(label.type) or
                 pa.types.is_boolean(label.type) or pa.types.is_large_string(label.type) or
                 pa.types.is_dictionary(label.type)):
@@ -144,26 +158,8 @@ def validate_text_table(table: pa.Table, text_column: str, label_column: str | N
         blank_label = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(as_str)), 0)
         if pc.sum(blank_label).as_py():
             raise InputError(f"label column '{label_column}' in {where} has empty labels "
-                             f"(first at row {_first_index(blank_label)})")
+                             f"(first at row {first_row + _first_index(blank_label)})")
         table = table.set_column(table.column_names.index(label_column), label_column, as_str)
-    return table
-
-
-def read_real_rows(data: DataConfig, storage: StorageConfig | None = None, path: str | None = None) -> pa.Table:
-    """Read, validate and (optionally) subsample the real rows; adds a stable `row_id` from input order."""
-    path = path or data.path
-    if not path:
-        raise InputError("no input given: set data.path or pass --input")
-    table = read_table(path, data.format, storage)
-    table = validate_text_table(table, data.text_column, data.label_column, path)
-    ids = pa.array(np.arange(table.num_rows, dtype=np.int64))
-    if ROW_ID in table.column_names:
-        raise InputError(f"{path} already has a '{ROW_ID}' column; rename it")
-    table = table.append_column(ROW_ID, ids)
-    if data.sample_rows is not None and data.sample_rows < table.num_rows:
-        rng = np.random.default_rng(data.seed)
-        keep = np.sort(rng.choice(table.num_rows, size=data.sample_rows, replace=False))
-        table = table.take(pa.array(keep))
     return table
 
 

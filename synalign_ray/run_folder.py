@@ -13,6 +13,7 @@ import posixpath
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from synalign_ray import io
 from synalign_ray.config import StorageConfig, SynAlignConfig
@@ -59,18 +60,24 @@ def write_parts(table: pa.Table, loc: io.Location, storage: StorageConfig | None
     return names
 
 
-def read_output(path: str, storage: StorageConfig | None, fmt: str = "auto",
-                what: str = "input") -> tuple[pa.Table, dict[str, Any] | None]:
-    """The one reader: a completed synalign folder (its manifest's parts, in order) or any Parquet/JSONL/CSV file
-    or folder. Returns the rows and the manifest (None for plain data)."""
+def output_manifest(path: str, storage: StorageConfig | None, what: str = "input") -> dict[str, Any] | None:
+    """The manifest of the completed synalign folder at `path`, its rows unread; None for plain data files."""
     loc = io.resolve(path, storage)
     if not io.exists(loc, storage):
         raise InputError(f"{what} not found: {loc.url}")
     if loc.fs.isdir(loc.path):
-        folder = RunFolder(loc, storage)
-        if (manifest := folder.manifest()) is not None:
-            return folder.read(manifest), manifest
+        if (manifest := RunFolder(loc, storage).manifest()) is not None:
+            return manifest
         _refuse_legacy(loc)
+    return None
+
+
+def read_output(path: str, storage: StorageConfig | None, fmt: str = "auto",
+                what: str = "input") -> tuple[pa.Table, dict[str, Any] | None]:
+    """The one reader: a completed synalign folder (its manifest's parts, in order) or any Parquet/JSONL/CSV file
+    or folder. Returns the rows and the manifest (None for plain data)."""
+    if (manifest := output_manifest(path, storage, what)) is not None:
+        return RunFolder(io.resolve(path, storage), storage).read(manifest), manifest
     return io.read_table(path, fmt, storage), None
 
 
@@ -110,11 +117,15 @@ class RunFolder:
         return io.read_manifest(self.loc)
 
     def read(self, manifest: dict[str, Any] | None = None) -> pa.Table:
-        """The rows of the complete folder: the parts its manifest lists, in order."""
+        """The rows of the complete folder: the parts its manifest lists, in order, or sorted by the manifest's
+        `order` column (parts written by parallel tasks, each sorted, whose ranges interleave)."""
         if manifest is None and (manifest := self.manifest()) is None:
             _refuse_legacy(self.loc)
             raise InputError(f"{self.url} has no {MANIFEST}: it is not a completed synalign output")
-        return io.read_parts(self.loc, manifest)
+        table = io.read_parts(self.loc, manifest)
+        if (key := manifest.get("order")) in table.column_names:
+            table = table.take(pc.sort_indices(table, sort_keys=[(key, "ascending")]))
+        return table
 
     # ------------------------------------------------------------------------------------------------ opening
 

@@ -65,6 +65,18 @@ def node_ids(handles: list) -> list[str]:
     return ray.get([h.__ray_call__.remote(_node_of) for h in handles])
 
 
+def raise_original(err: BaseException) -> None:
+    """Raise, as itself and in one line, the SynAlignError a Ray task or actor method raised (the driver sees it
+    wrapped in a RayTaskError, and Ray Data appends its retry advice to the message); return if there is none."""
+    from synalign_ray.errors import SynAlignError
+
+    while err is not None:
+        cause = getattr(err, "cause", None)
+        if isinstance(err, SynAlignError) and not isinstance(cause, BaseException):
+            raise type(err)(str(err).splitlines()[0]) from None
+        err = cause if isinstance(cause, BaseException) else err.__cause__
+
+
 @contextlib.contextmanager
 def ray_session(resources: ResourcesConfig) -> Iterator[Any]:
     """Ray for the duration of a command: reuse one already initialised in this process (the job entry point's,

@@ -116,12 +116,14 @@ def cached_embeddings(name: str) -> tuple[pa.Table, np.ndarray]:
 
 
 class PeakRSS:
-    """Samples the resident memory of this process and all its descendants (Ray workers included)."""
+    """Samples the resident memory of this process and all its descendants (Ray workers included), or with
+    `driver_only` of this process alone."""
 
-    def __init__(self, interval: float = 0.2):
+    def __init__(self, interval: float = 0.2, driver_only: bool = False):
         import psutil
 
         self.proc = psutil.Process()
+        self.driver_only = driver_only
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
@@ -129,7 +131,7 @@ class PeakRSS:
 
     def _total(self) -> int:
         total = 0
-        for p in [self.proc, *self.proc.children(recursive=True)]:
+        for p in [self.proc, *([] if self.driver_only else self.proc.children(recursive=True))]:
             try:
                 total += p.memory_info().rss
             except Exception:  # a worker exited between listing and reading

@@ -32,7 +32,7 @@ def main() -> None:
     import pyarrow as pa
     import ray
 
-    from synalign_ray import io
+    from synalign_ray import io, real_input
     from synalign_ray.config import DEFAULT_RUN_CONFIG, load_config
     from synalign_ray.embedding import Encoder
     from synalign_ray.generation.pool import GeneratorPool
@@ -44,7 +44,7 @@ def main() -> None:
 
     cfg = load_config(DEFAULT_RUN_CONFIG, [f"selection.max_groups={args.groups}"])
     g = cfg.generation
-    real = io.read_real_rows(cfg.data)
+    real = real_input.read_real_rows(cfg.data)
     texts = dict(zip(real.column(io.ROW_ID).to_pylist(), real.column(cfg.data.text_column).to_pylist()))
     with ray_session(cfg.resources):
         embedded = embed_rows(real, cfg, cfg.data.text_column)

@@ -10,7 +10,7 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
-from synalign_ray import io, runtime
+from synalign_ray import io, real_input, runtime
 from synalign_ray.config import GenerationConfig, SynAlignConfig
 from synalign_ray.errors import InputError
 from synalign_ray.run_folder import RunFolder, settings_for, write_parts
@@ -138,7 +138,7 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
     preset = load_preset(g.preset, g.presets_file)
     bounds = row_bounds(cfg, preset)
     _warn_budgets(g, preset)
-    real = real if real is not None else io.read_real_rows(cfg.data, cfg.storage)
+    real = real if real is not None else real_input.read_real_rows(cfg.data, cfg.storage)
     schedule = read_schedule(schedule_path, cfg) if schedule_path else None
     if schedule is not None:
         _check_schedule(schedule, real)

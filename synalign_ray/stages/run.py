@@ -13,6 +13,7 @@ import pyarrow.compute as pc
 from synalign_ray import io, runtime
 from synalign_ray.config import SynAlignConfig
 from synalign_ray.errors import InputError
+from synalign_ray.real_input import RealInput, plan_input
 from synalign_ray.run_folder import RunFolder, settings_for
 from synalign_ray.stages.common import DROP_REASON, GENERATED_ID, stamp, top_reasons
 from synalign_ray.stages import embed
@@ -27,17 +28,11 @@ SECTIONS = ("data", "embedding", "selection", "generation", "alignment", "qualit
 StageConfig = Callable[[str], SynAlignConfig]
 
 
-def _embed_real(loc: io.Location, rows: pa.Table, cfg: SynAlignConfig) -> tuple[dict[str, Any], pa.Table]:
-    """The input rows embedded into the run's `embeddings` folder, or that folder when it is already complete."""
-    with RunFolder(loc, cfg.storage).open(settings_for(cfg, ("data", "embedding")), cfg.output.overwrite) as folder:
-        if folder.reused is not None:
-            return folder.reused, io.read_parts(loc, folder.reused)
-        embedded = embed.embed_rows(rows, cfg, cfg.data.text_column)
-        parts = folder.write_table(embedded, cfg.output.rows_per_part)
-        return folder.finish(stamp({"kind": "embeddings", "input": cfg.data.path, "model": cfg.embedding.model,
-                                    "dim": embedded.schema.field(io.EMBEDDING).type.list_size, "parts": parts,
-                                    "rows": embedded.num_rows, "columns": embedded.column_names}, folder, cfg)), \
-            embedded
+def _embed_real(plan: RealInput, cfg: SynAlignConfig) -> tuple[dict[str, Any], pa.Table]:
+    """The input embedded file to file into the run's `embeddings` folder (or that folder when already complete),
+    and its rows read back for the steps that still take them on the driver (generation, alignment, scores)."""
+    manifest = embed.embed_stage(cfg, plan)
+    return manifest, embed.read_embedded(cfg.output.path, cfg)[0]
 
 
 def _align_kept(loc: io.Location, cfg: SynAlignConfig, embedded: pa.Table, kept: pa.Table) -> dict[str, Any]:
@@ -66,7 +61,7 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
     from synalign_ray.models import check_llm
 
     load_preset(cfg.generation.preset, cfg.generation.presets_file)
-    real = io.read_real_rows(cfg.data, cfg.storage)
+    plan = plan_input(cfg.data, cfg.storage)
     check_llm(cfg.generation.model)
     embed.check_embedding_model(cfg)
     run_dir = io.resolve(cfg.output.path, cfg.storage)
@@ -79,10 +74,11 @@ def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
             return cfg.model_copy(update={"output": cfg.output.model_copy(
                 update={"path": run_dir.join(name).url, "overwrite": False})})
 
-        return _run(cfg, folder, real, stage_cfg, pool)
+        return _run(cfg, folder, plan, stage_cfg, pool)
 
 
-def _run(cfg: SynAlignConfig, folder: RunFolder, real: pa.Table, stage_cfg: StageConfig, pool: Any) -> dict[str, Any]:
+def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: StageConfig, pool: Any
+         ) -> dict[str, Any]:
     from synalign_ray.stages.score import _generated_embeddings_stage, _score_run
     from synalign_ray.report import write_report
 
@@ -98,8 +94,8 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, real: pa.Table, stage_cfg: Stag
         return result
 
     with runtime.ray_session(cfg.resources):
-        manifests["embeddings"], embedded = timed("embed_real", lambda: _embed_real(
-            run_dir.join("embeddings"), real, stage_cfg("embeddings")))
+        manifests["embeddings"], embedded = timed("embed_real", lambda: _embed_real(plan, stage_cfg("embeddings")))
+        real = embedded.drop_columns([io.EMBEDDING])
         manifests["generated"] = gen = timed("generate", lambda: generate_stage(
             stage_cfg("generated"), real=real, embedded=embedded, pool=pool))
         check_generated_rows(gen)

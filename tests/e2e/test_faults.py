@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from synalign_ray import io
+from synalign_ray import io, real_input
 from synalign_ray.cli import main
 from synalign_ray.config import build_config
 from synalign_ray.errors import InputError
@@ -39,7 +39,7 @@ def test_driver_sigkilled_mid_generation_resumes_exactly(tmp_path, generator_poo
     out = tmp_path / "gen"
     overrides = _gen_overrides(generation_config, out)
     cfg = build_config({}, overrides)
-    schedule = write_schedule(tmp_path / "schedule.parquet", io.read_real_rows(cfg.data), 6)
+    schedule = write_schedule(tmp_path / "schedule.parquet", real_input.read_real_rows(cfg.data), 6)
     ray_tmp = tempfile.mkdtemp(prefix="rk", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_TMPDIR": ray_tmp}
     cmd = [sys.executable, "-m", "synalign_ray", "generate", "--schedule", schedule, *overrides]
@@ -77,7 +77,7 @@ def test_llm_junk_output_is_retried_reported_and_the_job_finishes(tmp_path, gene
     out = tmp_path / "gen"
     cfg = build_config({}, [*_gen_overrides(generation_config, out), "generation.sampling.max_tokens=12",
                             "generation.max_retries=1", "generation.output_format=json"])
-    schedule = write_schedule(tmp_path / "schedule.parquet", io.read_real_rows(cfg.data), 2)
+    schedule = write_schedule(tmp_path / "schedule.parquet", real_input.read_real_rows(cfg.data), 2)
     with pytest.raises(InputError, match="generation produced no usable rows .*stage1:truncated 2"):
         generate_stage(cfg, schedule, pool=generator_pool)
     # The job finished: every group is accounted for on disk, with the reason it failed.
@@ -187,7 +187,7 @@ def _encoder_pids() -> list[int]:
 def test_encoder_actor_killed_during_embedding_is_retried(ray_local, sentence_model):
     cfg = build_config({}, [f"data.path={data_file('sst2_train.parquet')}", "data.sample_rows=3000",
                             "embedding.batch_size=64", "embedding.num_actors=1"])
-    rows = io.read_real_rows(cfg.data)
+    rows = real_input.read_real_rows(cfg.data)
     killed = {}
     done = threading.Event()
 

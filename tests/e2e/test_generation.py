@@ -7,7 +7,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from synalign_ray import io
+from synalign_ray import io, real_input
 from synalign_ray.config import build_config
 from synalign_ray.errors import ConfigError, InputError, ModelError, StorageError
 from synalign_ray.generation import ledger as ledger_mod
@@ -27,7 +27,7 @@ def cfg_for(tmp_path, generation_config, *extra):
 
 
 def real_rows(cfg):
-    return io.read_real_rows(cfg.data)
+    return real_input.read_real_rows(cfg.data)
 
 
 def check_output(out_path, real, schedule_path, expect_groups):
@@ -201,7 +201,7 @@ def test_overlong_prompt_is_reported_and_skipped(tmp_path, generator_pool, gener
     pq.write_table(real.set_column(0, "text", pa.array(texts)), src)
     cfg = build_config({"generation": generation_config.model_dump(mode="json")},
                        [f"data.path={src}", f"output.path={tmp_path / 'gen'}"])
-    rows = io.read_real_rows(cfg.data)
+    rows = real_input.read_real_rows(cfg.data)
     schedule = write_schedule(tmp_path / "schedule.parquet", rows, 2, group_size=3)
     manifest = generate_stage(cfg, schedule, pool=generator_pool)
     long_group = next(g for g in pq.read_table(schedule).to_pylist() if 0 in g["demo_row_ids"])["group_id"]

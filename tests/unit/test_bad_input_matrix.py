@@ -27,6 +27,7 @@ def nothing_expensive(monkeypatch):
 
     monkeypatch.setattr(runtime, "ray_session", fail)
     monkeypatch.setattr(embed, "embed_rows", fail)
+    monkeypatch.setattr(embed, "embed_input_into", fail)
 
 
 @pytest.fixture(scope="module")

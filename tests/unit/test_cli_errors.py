@@ -14,6 +14,7 @@ def no_embedding(monkeypatch):
         raise AssertionError("the embedding stage started despite bad input")
 
     monkeypatch.setattr(embed, "embed_rows", fail)
+    monkeypatch.setattr(embed, "embed_input_into", fail)
 
 
 def write(tmp_path, table, name="in.parquet"):

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from synalign_ray import io
+from synalign_ray import io, real_input
 from synalign_ray.config import DataConfig, StorageConfig
 from synalign_ray.errors import InputError, StorageError
 from tests.conftest import sample_rows
@@ -51,7 +51,7 @@ def test_reads_parquet_jsonl_csv_identically(store, sst2_sample):
     paths = [put(store, "r.parquet", parquet_bytes(sst2_sample)), put(store, "r.jsonl", jsonl),
              put(store, "r.csv", csv_buf.getvalue().to_pybytes())]
     for path in paths:
-        got = io.read_real_rows(DataConfig(path=path), store[1])
+        got = real_input.read_real_rows(DataConfig(path=path), store[1])
         assert got.column("text").to_pylist() == sst2_sample.column("text").to_pylist()
         assert got.column("label").to_pylist() == sst2_sample.column("label").to_pylist()
         assert got.column(io.ROW_ID).to_pylist() == list(range(50))
@@ -60,14 +60,14 @@ def test_reads_parquet_jsonl_csv_identically(store, sst2_sample):
 def test_folder_of_parts_is_read_in_name_order(store, sst2_sample):
     put(store, "dir/b.parquet", parquet_bytes(sst2_sample.slice(25)))
     url = put(store, "dir/a.parquet", parquet_bytes(sst2_sample.slice(0, 25)))
-    got = io.read_real_rows(DataConfig(path=url.rsplit("/", 1)[0]), store[1])
+    got = real_input.read_real_rows(DataConfig(path=url.rsplit("/", 1)[0]), store[1])
     assert got.column("text").to_pylist() == sst2_sample.column("text").to_pylist()
 
 
 def test_seeded_subsample_keeps_input_row_ids(store, sst2_sample):
     url = put(store, "r.parquet", parquet_bytes(sst2_sample))
-    a = io.read_real_rows(DataConfig(path=url, sample_rows=10, seed=3), store[1])
-    b = io.read_real_rows(DataConfig(path=url, sample_rows=10, seed=3), store[1])
+    a = real_input.read_real_rows(DataConfig(path=url, sample_rows=10, seed=3), store[1])
+    b = real_input.read_real_rows(DataConfig(path=url, sample_rows=10, seed=3), store[1])
     assert a.equals(b) and a.num_rows == 10
     ids = a.column(io.ROW_ID).to_pylist()
     assert ids == sorted(ids)
@@ -92,29 +92,29 @@ def test_bad_tables_are_rejected_with_the_problem_named(store, case):
     table, message = BAD_TABLES[case]
     url = put(store, "bad.parquet", parquet_bytes(table))
     with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        io.read_real_rows(DataConfig(path=url), store[1])
+        real_input.read_real_rows(DataConfig(path=url), store[1])
 
 
 def test_unlabelled_data_and_integer_labels(store):
     url = put(store, "r.parquet", parquet_bytes(pa.table({"text": ["a", "b"], "label": [0, 1]})))
-    got = io.read_real_rows(DataConfig(path=url), store[1])
+    got = real_input.read_real_rows(DataConfig(path=url), store[1])
     assert got.column("label").to_pylist() == ["0", "1"]
-    got = io.read_real_rows(DataConfig(path=url, label_column=None), store[1])
+    got = real_input.read_real_rows(DataConfig(path=url, label_column=None), store[1])
     assert got.column_names == ["text", "label", io.ROW_ID]
 
 
 def test_missing_unsupported_and_unreadable_files(store):
     base, storage = store
     with pytest.raises(InputError, match="input not found"):
-        io.read_real_rows(DataConfig(path=base + "/nope.parquet"), storage)
+        real_input.read_real_rows(DataConfig(path=base + "/nope.parquet"), storage)
     txt = put(store, "r.txt", b"hello\n")
     with pytest.raises(InputError, match="unsupported input format '.txt'"):
-        io.read_real_rows(DataConfig(path=txt), storage)
+        real_input.read_real_rows(DataConfig(path=txt), storage)
     corrupt = put(store, "corrupt.parquet", b"this is not parquet at all")
     with pytest.raises(InputError, match="cannot read .*corrupt.parquet as parquet"):
-        io.read_real_rows(DataConfig(path=corrupt), storage)
+        real_input.read_real_rows(DataConfig(path=corrupt), storage)
     with pytest.raises(InputError, match="no input given"):
-        io.read_real_rows(DataConfig(), storage)
+        real_input.read_real_rows(DataConfig(), storage)
 
 
 def test_parts_and_manifest_round_trip(store):
@@ -150,7 +150,7 @@ def test_s3_bucket_that_does_not_exist(s3_bucket):
     with pytest.raises(StorageError, match="S3 bucket 'no-such-bucket-synalign' does not exist"):
         io.check_writable(loc, storage)
     with pytest.raises(StorageError, match="S3 bucket 'no-such-bucket-synalign' does not exist"):
-        io.read_real_rows(DataConfig(path="s3://no-such-bucket-synalign/x.parquet"), storage)
+        real_input.read_real_rows(DataConfig(path="s3://no-such-bucket-synalign/x.parquet"), storage)
 
 
 def test_s3_endpoint_that_refuses_connections(monkeypatch):
@@ -167,7 +167,7 @@ def test_s3_endpoint_that_refuses_connections(monkeypatch):
     assert "unreachable" in str(err.value) and f"127.0.0.1:{port}" in str(err.value)
     assert "refused-secret-value" not in str(err.value) and "AKIDREFUSEDTEST" not in str(err.value)
     with pytest.raises(StorageError, match="unreachable"):
-        io.read_real_rows(DataConfig(path="s3://bucket/in.parquet"), storage)
+        real_input.read_real_rows(DataConfig(path="s3://bucket/in.parquet"), storage)
 
 
 def test_secrets_never_reach_the_manifest(tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import pyarrow as pa
 from synalign_ray import io
 from synalign_ray.config import SynAlignConfig
 from synalign_ray.errors import InputError
-from synalign_ray.run_folder import RunFolder, read_output, settings_for
+from synalign_ray.run_folder import RunFolder, output_manifest, read_output, settings_for
 from synalign_ray.stages.common import stamp
 from synalign_ray.stages.embed import read_embedded
 
@@ -21,41 +21,104 @@ log = logging.getLogger(__name__)
 SCHEDULE_COLUMNS = ("group_id", "label", "demo_row_ids")
 
 
-def select_stage(cfg: SynAlignConfig, embedded_path: str) -> dict[str, Any]:
-    """`synalign select`: the whole GP selection schedule for a `synalign embed` output."""
-    from synalign_ray.selection.schedule import build_schedule
-
-    table, emb, _ = read_embedded(embedded_path, cfg)
+def _labels(table: pa.Table, cfg: SynAlignConfig, embedded_path: str) -> list | None:
     label_column = cfg.data.label_column
     if label_column is not None and label_column not in table.column_names:
         raise InputError(f"label column '{label_column}' not in {embedded_path} (set data.label_column=null "
                          "to select without labels)")
-    from synalign_ray.selection.plan import check_inputs
+    return table.column(label_column).to_pylist() if label_column else None
 
-    labels = table.column(label_column).to_pylist() if label_column else None
-    # Before the output's lease: a job that cannot select must not hold (or contend for) the folder.
-    check_inputs(emb, labels, table.column(io.ROW_ID).to_numpy(), cfg.selection)
+
+class FolderTracker:
+    """Actor body for `synalign select` with shard actors: the central tracker over an embeddings folder that it
+    reads itself, so the driver receives only the schedule. `load` reads it (not __init__, so a bad input reaches
+    the driver as the InputError itself)."""
+
+    def __init__(self):
+        self._tracker = None
+
+    def load(self, embedded_path: str, cfg: SynAlignConfig, **shards) -> dict[str, Any]:
+        from synalign_ray.selection.tracker import SelectionTracker
+
+        table, emb, _ = read_embedded(embedded_path, cfg)
+        labels = _labels(table, cfg, embedded_path)
+        self._tracker = SelectionTracker(emb, labels, table.column(io.ROW_ID).to_numpy(), cfg.selection, **shards)
+        return {"rows": table.num_rows, "row_id_type": table.schema.field(io.ROW_ID).type,
+                "groups_planned": self._tracker.progress()["groups_planned"]}
+
+    def next_groups(self, n: int) -> list[dict]:
+        return self._tracker.next_groups(n)
+
+
+def _schedule_on_actors(cfg: SynAlignConfig, embedded_path: str, log_every_s: float = 10.0) -> tuple[pa.Table, int]:
+    """The schedule from a FolderTracker actor and its `selection.num_shards` shard actors: (schedule, real rows)."""
+    from synalign_ray.runtime import raise_original, ray_session
+    from synalign_ray.selection.schedule import DRAIN_BATCH, groups_to_table
+    from synalign_ray.selection.steps import shard_options
+
+    with ray_session(cfg.resources) as ray:
+        tracker = ray.remote(FolderTracker).options(num_cpus=0).remote()
+        try:
+            try:
+                facts = ray.get(tracker.load.remote(embedded_path, cfg, **shard_options(ray, cfg.selection)))
+            except Exception as err:
+                raise_original(err)
+                raise
+            log.info("the tracker actor read %d rows from %s; selecting %d group(s) on %d shard actor(s)",
+                     facts["rows"], embedded_path, facts["groups_planned"], cfg.selection.num_shards)
+            groups: list[dict] = []
+            t0 = last = time.monotonic()
+            while batch := ray.get(tracker.next_groups.remote(DRAIN_BATCH)):
+                groups.extend(batch)
+                if (now := time.monotonic()) - last >= log_every_s:
+                    log.info("selected %d of %d group(s) (%.1f groups/s)", len(groups), facts["groups_planned"],
+                             len(groups) / (now - t0))
+                    last = now
+        finally:
+            ray.kill(tracker)
+    return groups_to_table(groups, facts["row_id_type"]), facts["rows"]
+
+
+def select_stage(cfg: SynAlignConfig, embedded_path: str) -> dict[str, Any]:
+    """`synalign select`: the whole GP selection schedule for a `synalign embed` output. With one shard it runs in
+    this process; with `selection.num_shards` > 1 a tracker actor reads the rows and the driver sees the schedule."""
+    from synalign_ray.selection.plan import check_inputs
+    from synalign_ray.selection.schedule import build_schedule
+
+    label_column = cfg.data.label_column
+    in_process = cfg.selection.num_shards == 1
+    if in_process:
+        table, emb, _ = read_embedded(embedded_path, cfg)
+        labels = _labels(table, cfg, embedded_path)
+        # Before the output's lease: a job that cannot select must not hold (or contend for) the folder.
+        check_inputs(emb, labels, table.column(io.ROW_ID).to_numpy(), cfg.selection)
+    else:
+        # Only the manifest here; the tracker actor checks the rows themselves when it reads them.
+        manifest = output_manifest(embedded_path, cfg.storage, what="embeddings")
+        if manifest is None or manifest.get("kind") != "embeddings":
+            raise InputError(f"{io.resolve(embedded_path, cfg.storage).url} is not a completed `synalign embed` "
+                             "output (selection.num_shards > 1 reads one in the tracker actor)")
+        if label_column is not None and label_column not in manifest.get("columns", []):
+            raise InputError(f"label column '{label_column}' not in {embedded_path} (set data.label_column=null "
+                             "to select without labels)")
     loc = io.resolve(cfg.output.path, cfg.storage)
     settings = settings_for(cfg, ("selection",), embeddings=embedded_path, label_column=label_column)
     with RunFolder(loc, cfg.storage).open(settings, cfg.output.overwrite) as folder:
         if folder.reused is not None:
             return folder.reused
         t0 = time.monotonic()
-        row_ids = table.column(io.ROW_ID).to_numpy()
-        if cfg.selection.num_shards == 1:
-            schedule = build_schedule(cfg.selection, emb, labels, row_ids)
+        if in_process:
+            schedule = build_schedule(cfg.selection, emb, labels, table.column(io.ROW_ID).to_numpy())
+            real_rows = table.num_rows
         else:
-            from synalign_ray.runtime import ray_session
-            from synalign_ray.selection.steps import shard_options
-
-            with ray_session(cfg.resources) as ray:
-                schedule = build_schedule(cfg.selection, emb, labels, row_ids, **shard_options(ray, cfg.selection))
+            # The actor's working directory is not the driver's: it gets the resolved location.
+            schedule, real_rows = _schedule_on_actors(cfg, io.resolve(embedded_path, cfg.storage).url)
         seconds = time.monotonic() - t0
-        log.info("selected %d group(s) from %d rows in %.1f s (tau %.4g)", schedule.num_rows, table.num_rows,
+        log.info("selected %d group(s) from %d rows in %.1f s (tau %.4g)", schedule.num_rows, real_rows,
                  seconds, schedule.column("tau")[0].as_py() if schedule.num_rows else float("nan"))
         parts = folder.write_table(schedule, cfg.output.rows_per_part)
         return folder.finish(stamp({"kind": "schedule", "input": embedded_path, "groups": schedule.num_rows,
-                                    "real_rows": table.num_rows, "seconds": round(seconds, 3), "parts": parts,
+                                    "real_rows": real_rows, "seconds": round(seconds, 3), "parts": parts,
                                     "rows": schedule.num_rows, "columns": schedule.column_names}, folder, cfg))
 
 

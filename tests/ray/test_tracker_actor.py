@@ -91,3 +91,43 @@ def test_generate_stage_tracker_with_shard_actors_gives_the_in_process_schedule(
     same_schedule(groups, build_schedule(cfg.selection, emb, labels, ids))
     assert ray_local.get(tracker.state_bytes.remote()) > 0
     ray_local.kill(tracker)
+
+
+def test_select_command_with_shard_actors_reads_the_rows_in_the_tracker_actor(ray_local, real_embeddings,
+                                                                             same_schedule, tmp_path, monkeypatch):
+    """`synalign select` with selection.num_shards = 2: the tracker actor reads the embeddings folder (the driver's
+    own reader fails if called) and the schedule equals the in-process one; a bad input there is one InputError."""
+    import pyarrow as pa
+
+    from synalign_ray import io
+    from synalign_ray.config import build_config
+    from synalign_ray.errors import InputError
+    from synalign_ray.stages import select
+    from synalign_ray.stages.common import write_table
+
+    rows, emb = real_embeddings("agnews_dev.parquet", N_ROWS, 0)
+    ids = np.arange(N_ROWS, dtype=np.int64) * 3  # sparse ids, as a sampled input has
+    embedded = rows.append_column(io.ROW_ID, pa.array(ids)).append_column(io.EMBEDDING, io.embeddings_to_arrow(emb))
+    cfg = build_config({}, [f"output.path={tmp_path / 'emb'}", "output.rows_per_part=250"])
+    write_table(embedded, io.resolve(str(tmp_path / "emb")), cfg, {"kind": "embeddings", "dim": 384})
+    cfg = build_config({}, [f"output.path={tmp_path / 'schedule'}", "selection.max_groups=30",
+                            "selection.engine=partitioned", "selection.partition_rows=60",
+                            "selection.inducing_rows=32", "selection.num_shards=2", "selection.num_cpus_per_shard=0.25"])
+
+    def driver_must_not(*args, **kwargs):
+        raise AssertionError("the driver read the rows")
+
+    monkeypatch.setattr(select, "read_embedded", driver_must_not)
+    manifest = select.select_stage(cfg, str(tmp_path / "emb"))
+    assert manifest["real_rows"] == N_ROWS and manifest["groups"] == 30
+    same_schedule(select.read_schedule(str(tmp_path / "schedule"), cfg),
+                  build_schedule(cfg.selection, emb, rows.column("label").to_pylist(), ids))
+
+    # every label too small for one group (k + 1 = 31 rows): found by the tracker actor, raised here as itself
+    small = embedded.slice(0, 12)
+    write_table(small, io.resolve(str(tmp_path / "small")), cfg, {"kind": "embeddings", "dim": 384})
+    strict = cfg.model_copy(update={"selection": cfg.selection.model_copy(update={"k": 30})})
+    strict.output.path = str(tmp_path / "schedule_small")
+    with pytest.raises(InputError) as err:
+        select.select_stage(strict, str(tmp_path / "small"))
+    assert "\n" not in str(err.value) and not io.exists(io.resolve(str(tmp_path / "schedule_small")).join(io.MANIFEST))

@@ -106,8 +106,8 @@ def collect_embedded(ds, log_every_s: float = 10.0) -> pa.Table:
 # Rows per block the read tasks' output is cut into, at most: a slice (a Parquet row group, a whole JSONL/CSV file)
 # is one block otherwise, and a block goes to one encoder actor.
 MAX_BLOCK_ROWS = 16_384
-# Read and write tasks hold no CPU: the encoder actors hold them all (on 2 CPUs a read task asking for one would
-# wait forever), and the tasks are I/O and Arrow work. Their number is bounded instead.
+# Read and write tasks hold no CPU: the encoder actors may hold every CPU (2 actors on 2 CPUs), and a task asking
+# for one would queue behind them; the tasks are I/O and Arrow work. Their number is bounded instead.
 IO_TASKS = 2
 
 

@@ -21,12 +21,16 @@ log = logging.getLogger(__name__)
 SCHEDULE_COLUMNS = ("group_id", "label", "demo_row_ids")
 
 
-def _labels(table: pa.Table, cfg: SynAlignConfig, embedded_path: str) -> list | None:
+def _check_label_column(columns: list[str], cfg: SynAlignConfig, embedded_path: str) -> None:
     label_column = cfg.data.label_column
-    if label_column is not None and label_column not in table.column_names:
+    if label_column is not None and label_column not in columns:
         raise InputError(f"label column '{label_column}' not in {embedded_path} (set data.label_column=null "
                          "to select without labels)")
-    return table.column(label_column).to_pylist() if label_column else None
+
+
+def _labels(table: pa.Table, cfg: SynAlignConfig, embedded_path: str) -> list | None:
+    _check_label_column(table.column_names, cfg, embedded_path)
+    return table.column(cfg.data.label_column).to_pylist() if cfg.data.label_column else None
 
 
 class FolderTracker:
@@ -98,9 +102,7 @@ def select_stage(cfg: SynAlignConfig, embedded_path: str) -> dict[str, Any]:
         if manifest is None or manifest.get("kind") != "embeddings":
             raise InputError(f"{io.resolve(embedded_path, cfg.storage).url} is not a completed `synalign embed` "
                              "output (selection.num_shards > 1 reads one in the tracker actor)")
-        if label_column is not None and label_column not in manifest.get("columns", []):
-            raise InputError(f"label column '{label_column}' not in {embedded_path} (set data.label_column=null "
-                             "to select without labels)")
+        _check_label_column(manifest.get("columns", []), cfg, embedded_path)
     loc = io.resolve(cfg.output.path, cfg.storage)
     settings = settings_for(cfg, ("selection",), embeddings=embedded_path, label_column=label_column)
     with RunFolder(loc, cfg.storage).open(settings, cfg.output.overwrite) as folder:

@@ -174,8 +174,9 @@ def embeddings_to_arrow(matrix: np.ndarray) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), matrix.shape[1])
 
 
-def embeddings_from_arrow(column: pa.ChunkedArray | pa.Array, where: str = "input") -> np.ndarray:
-    """fixed_size_list / list<float> column -> (n, d) float32 matrix; rejects ragged rows and NaN."""
+def embeddings_from_arrow(column: pa.ChunkedArray | pa.Array, where: str = "input", first_row: int = 0) -> np.ndarray:
+    """fixed_size_list / list<float> column -> (n, d) float32 matrix; rejects ragged rows and NaN (errors count rows
+    from `first_row`, the column's position in a larger set)."""
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     if pa.types.is_fixed_size_list(column.type):
@@ -195,7 +196,7 @@ def embeddings_from_arrow(column: pa.ChunkedArray | pa.Array, where: str = "inpu
         raise InputError(f"embedding column in {where} has {column.null_count} null rows")
     if not np.isfinite(matrix).all():
         bad = int(np.flatnonzero(~np.isfinite(matrix).all(axis=1))[0])
-        raise InputError(f"embedding column in {where} has NaN or infinite values (first at row {bad})")
+        raise InputError(f"embedding column in {where} has NaN or infinite values (first at row {first_row + bad})")
     return matrix
 
 

@@ -4,6 +4,8 @@ real and synthetic embedding distributions (MMD², Wasserstein-1, sliced Wassers
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 # ------------------------------------------------------------------------------------- coverage (selection)
@@ -183,14 +185,21 @@ def coverage_profile(real: np.ndarray, selected: np.ndarray, rows: np.ndarray, r
 
 
 # ------------------------------------------------------------------------- distribution distances (alignment)
+def median_sample(n: int, max_rows: int = 1000, seed: int = 0) -> np.ndarray:
+    """The rows median_pairwise_distance uses of n: all, or a seeded sorted sample of max_rows (callers whose rows
+    live on shards gather just these)."""
+    if n <= max_rows:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=max_rows, replace=False))
+
+
 def median_pairwise_distance(x: np.ndarray, max_rows: int = 1000, seed: int = 0) -> float:
     """Median Euclidean distance between distinct rows of a seeded subsample of at most max_rows rows: the RBF
     bandwidth heuristic (alignment) and the GP length scale's base (selection's τ auto)."""
     x = np.asarray(x, dtype=np.float64)
     if x.shape[0] < 2:
         raise ValueError("the median heuristic needs at least 2 rows")
-    if x.shape[0] > max_rows:
-        x = x[np.sort(np.random.default_rng(seed).choice(x.shape[0], size=max_rows, replace=False))]
+    x = x[median_sample(x.shape[0], max_rows, seed)]
     sq = squared_distances(x, x)
     return float(np.median(np.sqrt(sq[np.triu_indices(x.shape[0], k=1)])))
 
@@ -239,9 +248,21 @@ def sliced_wasserstein(x: np.ndarray, y: np.ndarray, projections: int = 200, see
                                                 n_projections=projections, seed=seed))
 
 
+def vocabulary(texts: list[str]) -> set[str]:
+    """The distinct lower-cased whitespace tokens over all texts."""
+    return {tok for t in texts for tok in t.lower().split()}
+
+
 def vocabulary_size(texts: list[str]) -> int:
     """Distinct lower-cased whitespace tokens over all texts (the paper's Table 3 measure)."""
-    return len({tok for t in texts for tok in t.lower().split()})
+    return len(vocabulary(texts))
+
+
+def text_keys(texts: list[str]) -> np.ndarray:
+    """64 bits of each text (uint64), so that shards can count duplicates together without sending the texts; two
+    different texts share a key with probability 2^-64 per pair."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode(), digest_size=8).digest(), "little")
+                        for t in texts), dtype=np.uint64, count=len(texts))
 
 
 def duplicate_rate(texts: list[str]) -> float:

@@ -40,7 +40,7 @@ def main() -> None:
     from synalign_ray.runtime import ray_session
     from synalign_ray.selection.schedule import build_schedule
     from synalign_ray.stages.embed import embed_rows
-    from synalign_ray.stages.generate import groups_of
+    from synalign_ray.stages.generate import groups_of, with_texts
 
     cfg = load_config(DEFAULT_RUN_CONFIG, [f"selection.max_groups={args.groups}"])
     g = cfg.generation
@@ -51,7 +51,7 @@ def main() -> None:
         schedule = build_schedule(cfg.selection, io.embeddings_from_arrow(embedded.column(io.EMBEDDING)),
                                   embedded.column(cfg.data.label_column).to_pylist(),
                                   embedded.column(io.ROW_ID).to_numpy()).to_pylist()
-        groups = groups_of(schedule, texts, set())
+        groups = groups_of(with_texts(schedule, texts), set())
         batches = [groups[i:i + g.groups_per_batch] for i in range(0, len(groups), g.groups_per_batch)]
         preset = load_preset(g.preset, g.presets_file)
         pool = GeneratorPool(g, cfg.resources.cache_dir)

@@ -6,20 +6,22 @@ rows the fit never saw, and write the manifest last.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pyarrow as pa
 
-from synalign_ray import metrics, runtime
-from synalign_ray.alignment.distributed import (SOURCE_REAL, SOURCE_SYNTHETIC, call_all, draw_distributed,
-                                                 ray_spawn, search_distributed, start_shards)
+from synalign_ray import io, metrics, runtime
+from synalign_ray.alignment.distributed import (SOURCE_REAL, SOURCE_SYNTHETIC, ShardSet, call_all, draw_distributed,
+                                                 ray_spawn, search_distributed, spawn_shards, start_shards)
 from synalign_ray.alignment.importance import importance_weights
-from synalign_ray.alignment.mmd import DiversityTarget, FitParams, SearchSettings, fit_fixed, make_feature_map
-from synalign_ray.alignment.plan import FitPlan, check_inputs
+from synalign_ray.alignment.mmd import (DiversityTarget, FitParams, SearchSettings, fit_fixed, make_feature_map,
+                                        split_ranges)
+from synalign_ray.alignment.plan import FitPlan, check_inputs, check_tables
+from synalign_ray.alignment.rows import FolderRows, id_ranges
 from synalign_ray.alignment.resample import STREAM_UNIFORM_BASELINE, distinct_fraction, output_schema, rng_for
 from synalign_ray.config import StorageConfig, SynAlignConfig
-from synalign_ray.errors import ConfigError
+from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.io import Location
 from synalign_ray.run_folder import RunFolder, settings_for
 
@@ -32,17 +34,20 @@ def _progress(message: str) -> None:
     print(f"[align] {message}", flush=True)
 
 
-def _distances(name: str, emb: np.ndarray, real_sample: np.ndarray, texts: list[str], seed: int,
-               bandwidth: float, reference: str) -> dict[str, Any]:
-    """Distances of `emb` (a seeded sample of it) to `real_sample`: in_sample (the fit's rows) or held_out."""
+def _distances(name: str, shards: ShardSet, positions: np.ndarray, real_sample: np.ndarray, text_column: str,
+               seed: int, bandwidth: float, reference: str) -> dict[str, Any]:
+    """Distances of the synthetic rows at `positions` (a seeded sample of them, gathered from the shards) to
+    `real_sample`: in_sample (the fit's rows) or held_out; vocabulary and duplicates over all of them."""
     rng = rng_for(seed, STREAM_UNIFORM_BASELINE, 1)
-    m = min(len(real_sample), len(emb))
-    sample = emb[rng.choice(len(emb), size=m, replace=False)]
+    m = min(len(real_sample), len(positions))
+    sample = shards.gather(SOURCE_SYNTHETIC, positions[rng.choice(len(positions), size=m, replace=False)])
     real = real_sample[:m]
-    out = {"reference": reference, "rows": len(emb), "mmd2_rbf": metrics.mmd2_rbf(sample, real, bandwidth=bandwidth),
+    vocabulary, duplicates = shards.text_stats(positions, text_column)
+    out = {"reference": reference, "rows": len(positions),
+           "mmd2_rbf": metrics.mmd2_rbf(sample, real, bandwidth=bandwidth),
            "wasserstein1": metrics.wasserstein1(sample, real),
            "sliced_wasserstein": metrics.sliced_wasserstein(sample, real, seed=seed),
-           "vocabulary_size": metrics.vocabulary_size(texts), "duplicate_rate": metrics.duplicate_rate(texts)}
+           "vocabulary_size": vocabulary, "duplicate_rate": duplicates}
     _progress(f"{reference:>9} {name:>8}: rows={out['rows']} MMD²={out['mmd2_rbf']:.5f} W1={out['wasserstein1']:.4f} "
               f"SW={out['sliced_wasserstein']:.4f} vocab={out['vocabulary_size']} "
               f"dup={out['duplicate_rate']:.3f}")
@@ -51,7 +56,8 @@ def _distances(name: str, emb: np.ndarray, real_sample: np.ndarray, texts: list[
 
 def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: pa.Table, syn_emb: np.ndarray,
           output: Location | RunFolder, storage: StorageConfig | None = None) -> dict[str, Any]:
-    """Fit (λ searched or set) → resample → write parts → in-sample and held-out metrics → manifest.
+    """Fit (λ searched or set) → resample → write parts → in-sample and held-out metrics → manifest, for rows the
+    caller holds (the shards get slices of them).
 
     `output`: a RunFolder the caller opened, or a Location, opened here under the usual rule (the rows are the
     caller's, so its fingerprint holds the data and alignment settings only). Inputs are checked before either.
@@ -59,48 +65,89 @@ def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: 
     real_emb = np.asarray(real_emb, dtype=np.float32)
     syn_emb = np.asarray(syn_emb, dtype=np.float32)
     plan = check_inputs(cfg, real, real_emb, synthetic, syn_emb)
+
+    def shards() -> ShardSet:
+        return ShardSet(start_shards(_spawn(cfg), cfg.alignment.num_shards, syn_emb, plan.syn_groups, real_emb,
+                                     plan.fit_groups, None, len(plan.group_names), syn_rows=synthetic,
+                                     real_rows=real))
+
     if isinstance(output, RunFolder):
-        return _align(cfg, plan, real, real_emb, synthetic, syn_emb, output)
+        return _align(cfg, plan, shards, output)
     with RunFolder(output, storage).open(settings_for(cfg, ("data", "alignment")), cfg.output.overwrite) as folder:
-        return folder.reused if folder.reused is not None else _align(cfg, plan, real, real_emb, synthetic, syn_emb,
-                                                                        folder)
+        return folder.reused if folder.reused is not None else _align(cfg, plan, shards, folder)
 
 
-def _align(cfg: SynAlignConfig, plan: FitPlan, real: pa.Table, real_emb: np.ndarray, synthetic: pa.Table,
-           syn_emb: np.ndarray, folder: RunFolder) -> dict[str, Any]:
+def align_folders(cfg: SynAlignConfig, real: FolderRows, synthetic: FolderRows, folder: RunFolder) -> dict[str, Any]:
+    """`align` for rows in completed folders (a run's embeddings and its kept generated rows): the driver scans
+    their ids and labels for the plan, and each shard reads its own row-id range of the parts."""
+    scans = {}
+    for name, rows in (("real", real), ("synthetic", synthetic)):
+        stored_as = {rows.rename.get(c, c): c for c in rows.schema().names}  # the alignment's name -> stored name
+        if cfg.data.text_column not in stored_as:
+            raise InputError(f"text column '{cfg.data.text_column}' not found in the {name} set ({rows.url})")
+        label = stored_as.get(cfg.data.label_column) if cfg.data.label_column else None
+        scans[name] = rows.scan([label] if label else [])
+    plan = check_tables(cfg, scans["real"], scans["synthetic"])
+
+    def shards() -> ShardSet:
+        def slices(rows: FolderRows, ids: np.ndarray):
+            ranges = split_ranges(len(ids), cfg.alignment.num_shards)
+            return ranges, [rows.slice(*span) for span in id_ranges(ids, ranges)]
+
+        return ShardSet(spawn_shards(_spawn(cfg), slices(synthetic, scans["synthetic"].column(io.ROW_ID).to_numpy()),
+                                     plan.syn_groups, slices(real, scans["real"].column(io.ROW_ID).to_numpy()),
+                                     plan.fit_groups, None, len(plan.group_names)))
+
+    return _align(cfg, plan, shards, folder)
+
+
+def _spawn(cfg: SynAlignConfig):
+    import ray
+
+    cpus = ray.available_resources().get("CPU", 1.0) if ray.is_initialized() else 1.0
+    return ray_spawn(num_cpus=min(1.0, max(cpus, 0.01) / cfg.alignment.num_shards))
+
+
+def _align(cfg: SynAlignConfig, plan: FitPlan, start: Callable[[], ShardSet], folder: RunFolder) -> dict[str, Any]:
     started = time.perf_counter()
     a = cfg.alignment
     output, storage = folder.loc, folder.storage
     text_col, label_col = cfg.data.text_column, cfg.data.label_column
     has_labels = plan.real_labels is not None and plan.syn_labels is not None
     group_names, syn_groups, size = plan.group_names, plan.syn_groups, plan.size
+    n_syn, n_real = len(syn_groups), len(plan.real_groups)
+    shards = start()
+    syn_dim, real_dim = shards.dims
+    if syn_dim != real_dim:
+        raise InputError(f"embedding dimensions differ: real {real_dim}, synthetic {syn_dim} "
+                         "(embed both sets with the same model)")
     if plan.missing:
         _progress(f"real labels {plan.missing} have no synthetic rows: their share goes to the other labels")
-    _progress(f"{synthetic.num_rows} synthetic rows, {real.num_rows} real rows ({int(plan.fitted.sum())} fitted, "
-              f"{int(plan.held_out.sum())} held out), d={syn_emb.shape[1]}, weighting={a.weighting}, "
-              f"groups={group_names}, size={size}")
+    _progress(f"{n_syn} synthetic rows, {n_real} real rows ({int(plan.fitted.sum())} fitted, "
+              f"{int(plan.held_out.sum())} held out) on {len(shards.handles)} shard(s), d={syn_dim}, "
+              f"weighting={a.weighting}, groups={group_names}, size={size}")
 
-    syn_rows = synthetic
     if a.weighting in ("importance", "both"):
+        # The two classifiers train in one process: this option gathers every embedding here.
         t = time.perf_counter()
-        seen = ~plan.held_out
-        imp = importance_weights(real_emb[seen], plan.real_labels[seen], syn_emb, plan.syn_labels, seed=a.seed)
-        syn_rows = synthetic.append_column(IMPORTANCE_COLUMN, pa.array(imp, type=pa.float64())) \
-            if IMPORTANCE_COLUMN not in synthetic.column_names else \
-            synthetic.set_column(synthetic.column_names.index(IMPORTANCE_COLUMN), IMPORTANCE_COLUMN, pa.array(imp))
+        seen = np.flatnonzero(~plan.held_out)
+        imp = importance_weights(shards.gather(SOURCE_REAL, seen), plan.real_labels[seen],
+                                 shards.gather(SOURCE_SYNTHETIC, np.arange(n_syn)), plan.syn_labels, seed=a.seed)
+        shards.set_synthetic_column(IMPORTANCE_COLUMN, imp)
         _progress(f"importance weights: mean={imp.mean():.3f} min={imp.min():.3f} max={imp.max():.3f} "
                   f"({time.perf_counter() - t:.1f}s)")
 
-    fit_rows = real_emb[plan.fitted]
-    feature_map = make_feature_map(a.features, a.projections, fit_rows, a.seed) \
-        if a.weighting in ("mmd", "both") else None
+    fitted_rows, held_rows = np.flatnonzero(plan.fitted), np.flatnonzero(plan.held_out)
+    feature_map = None
+    if a.weighting in ("mmd", "both"):
+        # The feature map's bandwidth needs only the rows median_pairwise_distance samples of the fitted rows.
+        sample = shards.gather(SOURCE_REAL, fitted_rows[metrics.median_sample(len(fitted_rows), seed=a.seed)])
+        feature_map = make_feature_map(a.features, a.projections, sample, a.seed)
+        shards.call("use_features", feature_map)
+    handles = shards.handles
     import ray
 
-    cpus = ray.available_resources().get("CPU", 1.0) if ray.is_initialized() else 1.0
-    spawn = ray_spawn(num_cpus=min(1.0, max(cpus, 0.01) / a.num_shards))
-    handles = start_shards(spawn, a.num_shards, syn_emb, syn_groups, real_emb, plan.fit_groups, feature_map,
-                           len(group_names), syn_rows=syn_rows, real_rows=real)
-    shard_sizes = np.stack(ray.get([h.group_sizes.remote() for h in handles]))
+    shard_sizes = np.stack(shards.call("group_sizes"))
     shard_nodes = runtime.node_ids(handles)
     group_sizes = shard_sizes.sum(0)
     real_counts = np.bincount(plan.real_groups[plan.real_groups >= 0], minlength=len(group_names))
@@ -132,7 +179,7 @@ def _align(cfg: SynAlignConfig, plan: FitPlan, real: pa.Table, real_emb: np.ndar
         _progress(f"fit {a.features} |Θ|={a.projections} in {fit_report['seconds']}s: λ={result.entropy:.3g} "
                   f"({search.mode}, {len(search.frontier)} fits: {search.reason}); expected distinct "
                   f"{search.expected_distinct:.1%}; MMD² (feature space, fit rows) {fit_report['mmd_before']:.5f} -> "
-                  f"{fit_report['mmd_after']:.5f}, ESS {fit_report['ess']:.0f} of {synthetic.num_rows}")
+                  f"{fit_report['mmd_after']:.5f}, ESS {fit_report['ess']:.0f} of {n_syn}")
 
     positions = draw_distributed(handles, counts, shard_shares, log_norm, group_sizes, a.seed)
     fixed = [pa.field("text", pa.string())]
@@ -142,7 +189,7 @@ def _align(cfg: SynAlignConfig, plan: FitPlan, real: pa.Table, real_emb: np.ndar
     if a.weighting in ("importance", "both"):
         fixed.append(pa.field(IMPORTANCE_COLUMN, pa.float64()))
     drop = {text_col, label_col}
-    schema = output_schema(fixed, *[pa.schema([f for f in t.schema if f.name not in drop]) for t in (syn_rows, real)])
+    schema = output_schema(fixed, *[pa.schema([f for f in t if f.name not in drop]) for t in shards.call("schemas")[0]])
     label_out = label_col if has_labels else None
     parts: list[str] = []
     for i, h in enumerate(handles):
@@ -152,26 +199,25 @@ def _align(cfg: SynAlignConfig, plan: FitPlan, real: pa.Table, real_emb: np.ndar
         for h in handles:
             parts += ray.get(h.write_real.remote(output.url, storage, schema, text_col, label_out,
                                                  cfg.output.rows_per_part))
-    shard_starts = np.cumsum([0] + shard_sizes.sum(1).tolist())
-    chosen = np.concatenate([p + shard_starts[i] for i, p in enumerate(positions)])
+    chosen = np.concatenate([p + shards.starts[SOURCE_SYNTHETIC][i] for i, p in enumerate(positions)])
     distinct = distinct_fraction(chosen)
     _progress(f"resampled {len(chosen)} rows ({distinct:.1%} distinct) into {len(parts)} parts at {output.url}")
 
     rng = rng_for(a.seed, STREAM_UNIFORM_BASELINE)
-    uniform = rng.choice(len(syn_emb), size=size, replace=True)
-    fitted_rows, held_rows = np.flatnonzero(plan.fitted), np.flatnonzero(plan.held_out)
-    in_sample = real_emb[rng.choice(fitted_rows, size=min(METRIC_ROWS, len(fitted_rows)), replace=False)]
-    syn_texts = np.asarray(synthetic.column(text_col).to_pylist(), dtype=object)
+    uniform = rng.choice(n_syn, size=size, replace=True)
+    in_sample = shards.gather(SOURCE_REAL, rng.choice(fitted_rows, size=min(METRIC_ROWS, len(fitted_rows)),
+                                                      replace=False))
     # One bandwidth, from the fit rows, puts in-sample and held-out MMD² on the same scale.
     bandwidth = metrics.median_pairwise_distance(in_sample, seed=a.seed)
-    draws = (("all", np.arange(len(syn_emb))), ("random", uniform), ("aligned", chosen))
-    report = {name: _distances(name, syn_emb[idx], in_sample, syn_texts[idx].tolist(), a.seed, bandwidth,
-                               "in_sample") for name, idx in draws}
+    draws = (("all", np.arange(n_syn)), ("random", uniform), ("aligned", chosen))
+    report = {name: _distances(name, shards, idx, in_sample, text_col, a.seed, bandwidth, "in_sample")
+              for name, idx in draws}
     held_report = None
     if len(held_rows):
-        held = real_emb[rng.choice(held_rows, size=min(METRIC_ROWS, len(held_rows)), replace=False)]
-        held_report = {name: _distances(name, syn_emb[idx], held, syn_texts[idx].tolist(), a.seed, bandwidth,
-                                        "held_out") for name, idx in draws}
+        held = shards.gather(SOURCE_REAL, rng.choice(held_rows, size=min(METRIC_ROWS, len(held_rows)),
+                                                     replace=False))
+        held_report = {name: _distances(name, shards, idx, held, text_col, a.seed, bandwidth, "held_out")
+                       for name, idx in draws}
 
     per_label = {}
     chosen_groups = syn_groups[chosen]
@@ -184,9 +230,9 @@ def _align(cfg: SynAlignConfig, plan: FitPlan, real: pa.Table, real_emb: np.ndar
         "output": output.url,
         "parts": parts,
         "columns": schema.names,
-        "counts": {"synthetic_input": synthetic.num_rows, "real_input": real.num_rows, "resampled": int(len(chosen)),
-                   "real_mixed": real.num_rows if a.mix_real else 0,
-                   "rows": int(len(chosen)) + (real.num_rows if a.mix_real else 0),
+        "counts": {"synthetic_input": n_syn, "real_input": n_real, "resampled": int(len(chosen)),
+                   "real_mixed": n_real if a.mix_real else 0,
+                   "rows": int(len(chosen)) + (n_real if a.mix_real else 0),
                    "distinct_resampled": int(np.unique(chosen).size), "distinct_fraction": distinct,
                    "per_label": per_label, "labels_without_synthetic_rows": plan.missing},
         "seeds": {"alignment": a.seed},

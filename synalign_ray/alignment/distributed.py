@@ -13,8 +13,11 @@ import pyarrow as pa
 from synalign_ray.alignment.mmd import (DiversityTarget, FeatureMap, FitParams, FitResult, SearchResult, SearchSettings,
                                         WeightShard, run_fit, search_entropy, split_ranges)
 from synalign_ray.alignment.resample import conform, draw_within, shard_counts
+from synalign_ray.alignment.rows import FolderSlice, TableSlice
 from synalign_ray.config import StorageConfig
+from synalign_ray.errors import InputError
 from synalign_ray.io import resolve
+from synalign_ray.metrics import text_keys, vocabulary
 from synalign_ray.run_folder import write_parts
 
 SOURCE_SYNTHETIC = "synthetic"
@@ -22,21 +25,59 @@ SOURCE_REAL = "real"
 
 
 class AlignmentShard:
-    """Actor body: one slice of synthetic rows (weights, resampling, writing) and one slice of real rows."""
+    """Actor body: one slice of synthetic rows (weights, resampling, writing) and one slice of real rows, each
+    loaded here from its source (rows.TableSlice or rows.FolderSlice) and checked against the rows it should hold.
+    `load` does that (not __init__, so that a bad row reaches the driver as the InputError itself)."""
 
-    def __init__(self, index: int, syn_range: tuple[int, int], syn_emb: np.ndarray, syn_groups: np.ndarray,
-                 real_range: tuple[int, int], real_emb: np.ndarray, real_groups: np.ndarray,
-                 feature_map: FeatureMap | None, num_groups: int,
-                 syn_rows: pa.Table | None = None, real_rows: pa.Table | None = None):
+    def __init__(self, index: int, syn_range: tuple[int, int], syn: TableSlice | FolderSlice, syn_groups: np.ndarray,
+                 real_range: tuple[int, int], real: TableSlice | FolderSlice, real_groups: np.ndarray,
+                 feature_map: FeatureMap | None, num_groups: int):
         self.index = index
         self._syn_offset = syn_range[0]
         self._real_offset = real_range[0]
         self._syn_groups = np.asarray(syn_groups)
+        self._real_groups = np.asarray(real_groups)
         self._num_groups = num_groups
-        self._syn_rows = syn_rows
-        self._real_rows = real_rows
-        self._fit = WeightShard(syn_emb, syn_groups, real_emb, real_groups, feature_map, num_groups) \
-            if feature_map is not None else None
+        self._sources = (syn_range, syn, real_range, real, feature_map)
+        self._fit = None
+
+    def load(self) -> None:
+        syn_range, syn, real_range, real, feature_map = self._sources
+        self._syn_rows, self._syn_emb = _loaded(syn.load(syn_range[0]), syn_range, "synthetic")
+        self._real_rows, self._real_emb = _loaded(real.load(real_range[0]), real_range, "real")
+        if feature_map is not None:
+            self.use_features(feature_map)
+
+    def use_features(self, feature_map: FeatureMap) -> None:
+        """Project this shard's rows with the fit's feature map (the driver builds it from a sample of real rows)."""
+        self._fit = WeightShard(self._syn_emb, self._syn_groups, self._real_emb, self._real_groups, feature_map,
+                                self._num_groups)
+
+    # ---- what the driver gathers: embeddings at a few positions, text statistics, schemas
+    def dims(self) -> tuple[int, int]:
+        return int(self._syn_emb.shape[1]), int(self._real_emb.shape[1])
+
+    def sizes(self) -> tuple[int, int]:
+        return len(self._syn_emb), len(self._real_emb)
+
+    def embeddings_at(self, side: str, positions: np.ndarray) -> np.ndarray:
+        return (self._syn_emb if side == SOURCE_SYNTHETIC else self._real_emb)[positions]
+
+    def text_stats(self, positions: np.ndarray, text_column: str) -> tuple[set[str], np.ndarray]:
+        """The vocabulary (metrics.vocabulary) and text keys (metrics.text_keys) of the synthetic rows at
+        `positions` (repeats kept), which the driver merges over shards."""
+        texts = self._syn_rows.column(text_column).take(pa.array(positions, type=pa.int64())).to_pylist()
+        return vocabulary(texts), text_keys(texts)
+
+    def set_column(self, name: str, values: np.ndarray) -> None:
+        """Add (or replace) a float column of the synthetic rows (the importance weights)."""
+        column = pa.array(np.asarray(values, dtype=np.float64))
+        rows = self._syn_rows
+        self._syn_rows = rows.set_column(rows.column_names.index(name), name, column) if name in rows.column_names \
+            else rows.append_column(name, column)
+
+    def schemas(self) -> tuple[pa.Schema, pa.Schema]:
+        return self._syn_rows.schema, self._real_rows.schema
 
     # ---- the WeightShard interface run_fit drives
     def real_sums(self):
@@ -105,6 +146,22 @@ class AlignmentShard:
                            rows_per_part, allow_empty=False)
 
 
+def _loaded(loaded: tuple[pa.Table | None, np.ndarray], span: tuple[int, int], name: str
+            ) -> tuple[pa.Table | None, np.ndarray]:
+    """A slice as loaded, checked: as many rows and embeddings as the driver's plan gave it, all finite."""
+    table, emb = loaded
+    expected = span[1] - span[0]
+    if np.ndim(emb) != 2:
+        raise InputError(f"{name} embeddings must be a 2-D matrix, got shape {np.shape(emb)}")
+    if len(emb) != expected or (table is not None and table.num_rows != expected):
+        raise InputError(f"{name} rows {span[0]}..{span[1] - 1}: the shard found {len(emb)} rows, the plan has "
+                         f"{expected} (did the folder change since it was scanned?)")
+    if not np.isfinite(emb).all():
+        bad = int(np.flatnonzero(~np.isfinite(emb).all(axis=1))[0])
+        raise InputError(f"{name} embeddings hold NaN or infinite values (first at row {span[0] + bad})")
+    return table, emb
+
+
 def _fixed_columns(rows: pa.Table, text_column: str, label_column: str | None, source: str,
                    weight: np.ndarray, row_index: np.ndarray) -> pa.Table:
     table = rows.drop_columns([c for c in (text_column, label_column) if c is not None])
@@ -138,16 +195,85 @@ def ray_spawn(num_cpus: float = 1.0) -> Spawn:
 def start_shards(spawn: Spawn, num_shards: int, syn_emb: np.ndarray, syn_groups: np.ndarray,
                  real_emb: np.ndarray, real_groups: np.ndarray, feature_map: FeatureMap | None, num_groups: int,
                  syn_rows: pa.Table | None = None, real_rows: pa.Table | None = None) -> list:
-    """Split both row sets into `num_shards` contiguous slices and start one AlignmentShard on each."""
-    handles = []
-    for i, (syn_r, real_r) in enumerate(zip(split_ranges(len(syn_emb), num_shards),
-                                            split_ranges(len(real_emb), num_shards))):
-        handles.append(spawn(
-            AlignmentShard, i, syn_r, syn_emb[syn_r[0]:syn_r[1]], syn_groups[syn_r[0]:syn_r[1]],
-            real_r, real_emb[real_r[0]:real_r[1]], real_groups[real_r[0]:real_r[1]], feature_map, num_groups,
-            syn_rows.slice(syn_r[0], syn_r[1] - syn_r[0]) if syn_rows is not None else None,
-            real_rows.slice(real_r[0], real_r[1] - real_r[0]) if real_rows is not None else None))
+    """Split rows the caller holds into `num_shards` contiguous slices and start one AlignmentShard on each."""
+    def table_slices(emb: np.ndarray, rows: pa.Table | None):
+        ranges = split_ranges(len(emb), num_shards)
+        return ranges, [TableSlice(rows.slice(lo, hi - lo) if rows is not None else None, emb[lo:hi])
+                        for lo, hi in ranges]
+
+    return spawn_shards(spawn, table_slices(syn_emb, syn_rows), syn_groups, table_slices(real_emb, real_rows),
+                        real_groups, feature_map, num_groups)
+
+
+def spawn_shards(spawn: Spawn, syn: tuple[list, list], syn_groups: np.ndarray, real: tuple[list, list],
+                 real_groups: np.ndarray, feature_map: FeatureMap | None, num_groups: int) -> list:
+    """One AlignmentShard per (synthetic, real) pair of (range, slice source), each given its rows' group codes and
+    loaded; a problem a shard finds in its rows is raised here as itself, after every shard is stopped."""
+    import ray
+
+    from synalign_ray.runtime import raise_original
+
+    handles = [spawn(AlignmentShard, i, syn_r, syn_src, syn_groups[syn_r[0]:syn_r[1]], real_r, real_src,
+                     real_groups[real_r[0]:real_r[1]], feature_map, num_groups)
+               for i, ((syn_r, syn_src), (real_r, real_src)) in enumerate(zip(zip(*syn), zip(*real)))]
+    try:
+        ray.get([h.load.remote() for h in handles])
+    except Exception as err:
+        for h in handles:
+            ray.kill(h)
+        raise_original(err)
+        raise
     return handles
+
+
+class ShardSet:
+    """The driver's view of started shards: calls on all of them, and rows gathered by global position."""
+
+    def __init__(self, handles: list):
+        import ray
+
+        self.handles = handles
+        self._ray = ray
+        sizes = np.array(self.call("sizes"))
+        self.dims = self._ray.get(handles[0].dims.remote())
+        self.starts = {SOURCE_SYNTHETIC: np.concatenate([[0], np.cumsum(sizes[:, 0])]),
+                       SOURCE_REAL: np.concatenate([[0], np.cumsum(sizes[:, 1])])}
+
+    def call(self, method: str, *args) -> list:
+        return self._ray.get([getattr(h, method).remote(*args) for h in self.handles])
+
+    def _split(self, side: str, positions: np.ndarray):
+        positions = np.asarray(positions, dtype=np.int64)
+        owner = np.searchsorted(self.starts[side], positions, side="right") - 1
+        return positions, owner
+
+    def gather(self, side: str, positions: np.ndarray) -> np.ndarray:
+        """Embeddings of `side` at global `positions`, in that order (each shard sends only its own)."""
+        positions, owner = self._split(side, positions)
+        replies = {i: self.handles[i].embeddings_at.remote(side, positions[owner == i] - self.starts[side][i])
+                   for i in np.unique(owner)}
+        out = np.zeros((len(positions), self.dims[0 if side == SOURCE_SYNTHETIC else 1]), np.float32)
+        for i, ref in replies.items():
+            out[owner == i] = self._ray.get(ref)
+        return out
+
+    def text_stats(self, positions: np.ndarray, text_column: str) -> tuple[int, float]:
+        """(vocabulary size, duplicate rate) of the synthetic texts at global `positions` (metrics' definitions)."""
+        positions, owner = self._split(SOURCE_SYNTHETIC, positions)
+        replies = self._ray.get([self.handles[i].text_stats.remote(
+            positions[owner == i] - self.starts[SOURCE_SYNTHETIC][i], text_column) for i in np.unique(owner)])
+        words = set().union(*(v for v, _ in replies)) if replies else set()
+        keys = np.concatenate([k for _, k in replies]) if replies else np.zeros(0, np.uint64)
+        return len(words), (1.0 - np.unique(keys).size / len(keys)) if len(keys) else 0.0
+
+    def set_synthetic_column(self, name: str, values: np.ndarray) -> None:
+        """Give each shard its slice of a column over all synthetic rows (the importance weights)."""
+        starts = self.starts[SOURCE_SYNTHETIC]
+        self.call_each("set_column", [(name, values[starts[i]:starts[i + 1]]) for i in range(len(self.handles))])
+
+    def call_each(self, method: str, args: list[tuple]) -> list:
+        """Shard i runs method(*args[i]); results in shard order."""
+        return self._ray.get([getattr(h, method).remote(*a) for h, a in zip(self.handles, args)])
 
 
 def call_all(handles: list):

@@ -22,7 +22,6 @@ def _labels(table: pa.Table, column: str | None) -> np.ndarray | None:
 def check_inputs(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: pa.Table,
                  syn_emb: np.ndarray) -> "FitPlan":
     """Every input problem as one clear error, before any fitting or writing; returns the fit's plan."""
-    a = cfg.alignment
     for name, table, emb in (("real", real, real_emb), ("synthetic", synthetic, syn_emb)):
         if table.num_rows == 0 or len(emb) == 0:
             raise InputError(f"the {name} set is empty")
@@ -38,6 +37,16 @@ def check_inputs(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synt
     if real_emb.shape[1] != syn_emb.shape[1]:
         raise InputError(f"embedding dimensions differ: real {real_emb.shape[1]}, synthetic {syn_emb.shape[1]} "
                          "(embed both sets with the same model)")
+    return check_tables(cfg, real, synthetic)
+
+
+def check_tables(cfg: SynAlignConfig, real: pa.Table, synthetic: pa.Table) -> "FitPlan":
+    """The checks that need only the rows' labels and counts (a folder scan of ids and labels is enough); returns the
+    fit's plan."""
+    a = cfg.alignment
+    for name, table in (("real", real), ("synthetic", synthetic)):
+        if table.num_rows == 0:
+            raise InputError(f"the {name} set is empty")
     if a.weighting in ("importance", "both"):
         label = cfg.data.label_column
         for name, table in (("real", real), ("synthetic", synthetic)):

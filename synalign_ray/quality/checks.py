@@ -3,6 +3,7 @@ echo, copy of an input row), in CHECK_REASONS order. Pure Python and numpy."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -116,8 +117,16 @@ def _normalised_words(text: str) -> str:
     return _NOT_WORD.sub(" ", text.casefold()).strip()
 
 
-def _copy_key(text: str) -> str:
-    return " ".join(text.casefold().split())
+def _copy_key(text: str) -> int:
+    """64 bits of the text after casefolding and collapsing whitespace: an input's copy keys take 8 bytes a row,
+    and two different rows share one with probability 2^-64 per pair."""
+    digest = hashlib.blake2b(" ".join(text.casefold().split()).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def copy_keys(texts: Iterable[str]) -> np.ndarray:
+    """The sorted, distinct copy keys of `texts` (what RowChecker's copy_of_input check looks up)."""
+    return np.unique(np.fromiter((_copy_key(t) for t in texts), dtype=np.uint64))
 
 
 def _echo_matchers(echo_terms: Iterable[str]) -> tuple[re.Pattern[str] | None, frozenset[str]]:
@@ -139,14 +148,14 @@ def _echo_matchers(echo_terms: Iterable[str]) -> tuple[re.Pattern[str] | None, f
 
 
 class RowChecker:
-    """Per-row checks with the echo patterns and the input rows' copy keys prepared once, for a job that checks
-    batch after batch against the same input."""
+    """Per-row checks with the echo patterns prepared once, for a job that checks batch after batch against the same
+    input. `input_keys`: the input rows' copy_keys (the input itself stays where it is)."""
 
-    def __init__(self, bounds: RowBounds, echo_terms: Sequence[str] = (), input_texts: Iterable[str] = ()):
+    def __init__(self, bounds: RowBounds, echo_terms: Sequence[str] = (), input_keys: np.ndarray | None = None):
         self.bounds = bounds
         self.echo_anywhere, self.echo_whole = _echo_matchers(echo_terms)
-        self.inputs = (frozenset(_copy_key(t) for t in input_texts) if "copy_of_input" in bounds.checks
-                       else frozenset())
+        keys = input_keys if input_keys is not None and "copy_of_input" in bounds.checks else ()
+        self.inputs = np.asarray(keys, dtype=np.uint64)
         self.enabled = [c for c in CHECK_REASONS if c in bounds.checks]
 
     def _fails(self, check: str, text: str) -> bool:
@@ -166,7 +175,9 @@ class RowChecker:
             return (_IDENTIFIER.search(text) is not None
                     or (self.echo_anywhere is not None and self.echo_anywhere.search(text.casefold()) is not None)
                     or _normalised_words(text) in self.echo_whole)
-        return _copy_key(text) in self.inputs  # copy_of_input
+        key = np.uint64(_copy_key(text))  # copy_of_input
+        at = int(np.searchsorted(self.inputs, key))
+        return at < len(self.inputs) and self.inputs[at] == key
 
     def __call__(self, texts: Sequence[str]) -> list[str | None]:
         """The first failing check per row (None: the row passes every enabled check); see check_rows."""
@@ -192,4 +203,4 @@ def check_rows(texts: list[str], bounds: RowBounds, echo_terms: Sequence[str] = 
       so a review that mentions a topic passes);
     - copy_of_input: equal to an input row after casefolding and collapsing whitespace.
     """
-    return RowChecker(bounds, echo_terms, input_texts)(texts)
+    return RowChecker(bounds, echo_terms, copy_keys(input_texts))(texts)

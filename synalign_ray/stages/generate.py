@@ -15,7 +15,6 @@ from synalign_ray.config import GenerationConfig, SynAlignConfig
 from synalign_ray.errors import InputError
 from synalign_ray.run_folder import RunFolder, settings_for, write_parts
 from synalign_ray.stages.common import stamp, top_reasons
-from synalign_ray.stages import embed
 from synalign_ray.stages.select import read_schedule
 
 log = logging.getLogger(__name__)
@@ -35,11 +34,12 @@ def row_bounds(cfg: SynAlignConfig, preset):
     return RowBounds.from_config(cfg.quality, preset.max_sample_chars)
 
 
-def row_checker(cfg: SynAlignConfig, preset, bounds, input_texts):
-    """The per-row checks of a run: bounds, prompt and schema echoes of this preset, copies of the input rows."""
+def row_checker(cfg: SynAlignConfig, preset, bounds, input_keys: np.ndarray):
+    """The per-row checks of a run: bounds, prompt and schema echoes of this preset, copies of the input rows (by
+    their quality.copy_keys)."""
     from synalign_ray.quality import RowChecker, attribute_echo_terms
 
-    return RowChecker(bounds, (*cfg.quality.echo_terms, *attribute_echo_terms(preset.attributes)), input_texts)
+    return RowChecker(bounds, (*cfg.quality.echo_terms, *attribute_echo_terms(preset.attributes)), input_keys)
 
 
 def _warn_budgets(g: GenerationConfig, preset) -> None:
@@ -57,29 +57,41 @@ def _warn_budgets(g: GenerationConfig, preset) -> None:
                     budgets.sample, preset.name, preset.max_sample_chars, budgets.sample_tokens_needed)
 
 
-def _check_schedule(schedule: pa.Table, real: pa.Table) -> None:
-    known = set(real.column(io.ROW_ID).to_pylist())
-    unknown = {int(i) for ids in schedule.column("demo_row_ids").to_pylist() for i in ids} - known
-    if unknown:
+def schedule_texts(plan: real_input.RealInput, cfg: SynAlignConfig, schedule: pa.Table
+                   ) -> tuple[dict[int, str], np.ndarray]:
+    """One pass over the input, slice by slice: the texts of the rows the schedule's groups show and the copy keys
+    of every row; a schedule row id the input lacks is an error that names it."""
+    from synalign_ray.quality import copy_keys
+
+    wanted = {int(i) for ids in schedule.column("demo_row_ids").to_pylist() for i in ids}
+    texts: dict[int, str] = {}
+    keys = []
+    for rows in real_input.iter_real_rows(plan, cfg.data, cfg.storage):
+        column = rows.column(cfg.data.text_column).to_pylist()
+        keys.append(copy_keys(column))
+        texts.update((rid, t) for rid, t in zip(rows.column(io.ROW_ID).to_pylist(), column) if rid in wanted)
+    if unknown := wanted - texts.keys():
         raise InputError(f"schedule refers to {len(unknown)} row id(s) not in the input "
                          f"(e.g. {sorted(unknown)[:3]}): was it built from another input?")
+    return texts, np.unique(np.concatenate(keys))
 
 
-def groups_of(rows: list[dict[str, Any]], texts: dict[int, str], done: set[int]) -> list:
-    """Schedule rows -> Groups with their demonstration texts, without the groups already written."""
+def with_texts(rows: list[dict[str, Any]], texts: dict[int, str]) -> list[dict[str, Any]]:
+    """Schedule rows with their demonstration texts (`demo_texts`), as the tracker actor hands them out."""
+    return [{**r, "demo_texts": [texts[int(i)] for i in r["demo_row_ids"]]} for r in rows]
+
+
+def groups_of(rows: list[dict[str, Any]], done: set[int]) -> list:
+    """Schedule rows with `demo_texts` -> Groups, without the groups already written."""
     from synalign_ray.generation.worker import Group
 
-    groups = []
-    for r in rows:
-        if r["group_id"] not in done:
-            ids = [int(i) for i in r["demo_row_ids"]]
-            groups.append(Group(int(r["group_id"]), r.get("label"), ids, [texts[i] for i in ids]))
-    return groups
+    return [Group(int(r["group_id"]), r.get("label"), [int(i) for i in r["demo_row_ids"]], list(r["demo_texts"]))
+            for r in rows if r["group_id"] not in done]
 
 
-def _groups(batches: Iterable[list[dict[str, Any]]], texts: dict[int, str], done: set[int]) -> Iterator[list]:
+def _groups(batches: Iterable[list[dict[str, Any]]], done: set[int]) -> Iterator[list]:
     for rows in batches:
-        if groups := groups_of(rows, texts, done):
+        if groups := groups_of(rows, done):
             yield groups
 
 
@@ -90,23 +102,27 @@ def _schedule_batches(rows: list[dict[str, Any]], n: int) -> Iterator[list[dict[
 
 def _tracker_batches(ray, tracker, n: int) -> Iterator[list[dict[str, Any]]]:
     """Groups as the generators ask for them: the tracker selects each batch when it is taken."""
-    while batch := ray.get(tracker.next_groups.remote(n)):
+    while batch := ray.get(tracker.next_groups.remote(n, with_texts=True)):
         yield batch
 
 
-def _start_tracker(ray, cfg: SynAlignConfig, real: pa.Table, embedded: pa.Table | None, timings: dict[str, float]):
+def start_tracker(ray, cfg: SynAlignConfig, embeddings_path: str | None, plan: real_input.RealInput | None):
+    """The tracker actor over the embeddings folder at `embeddings_path` (a location the actor can resolve), or
+    over `plan`'s rows, which it reads and embeds itself; returns it with its load facts."""
+    from synalign_ray.runtime import raise_original
     from synalign_ray.selection.steps import shard_options
-    from synalign_ray.selection.tracker import SelectionTracker
+    from synalign_ray.stages.select import TrackerActor
 
-    if embedded is None:
-        t0 = time.monotonic()
-        embedded = embed.embed_rows(real, cfg, cfg.data.text_column)
-        timings["embed_real"] = time.monotonic() - t0
-    emb = io.embeddings_from_arrow(embedded.column(io.EMBEDDING))
-    labels = embedded.column(cfg.data.label_column).to_pylist() if cfg.data.label_column else None
-    ids = np.asarray(embedded.column(io.ROW_ID).to_numpy())
-    return ray.remote(SelectionTracker).options(num_cpus=0).remote(emb, labels, ids, cfg.selection,
-                                                                   **shard_options(ray, cfg.selection))
+    tracker = ray.remote(TrackerActor).options(num_cpus=0).remote()
+    shards = shard_options(ray, cfg.selection)
+    try:
+        facts = ray.get(tracker.load.remote(embeddings_path, cfg, **shards) if embeddings_path is not None
+                        else tracker.load_input.remote(plan, cfg, **shards))
+    except Exception as err:
+        ray.kill(tracker)
+        raise_original(err)
+        raise
+    return tracker, facts
 
 
 def check_generated_rows(manifest: dict[str, Any]) -> None:
@@ -122,9 +138,12 @@ def check_generated_rows(manifest: dict[str, Any]) -> None:
                      f"{manifest['output']}/{io.MANIFEST}")
 
 
-def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: pa.Table | None = None,
-                   embedded: pa.Table | None = None, pool: Any = None) -> dict[str, Any]:
-    """`synalign generate`: groups (from a schedule, or embed + the central tracker) -> generator pool -> parts.
+def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, embeddings_path: str | None = None,
+                   pool: Any = None) -> dict[str, Any]:
+    """`synalign generate`: groups -> generator pool -> parts. The groups come from a schedule (its demonstration
+    texts read from the input in one pass), or from the tracker actor over `embeddings_path` (a completed embeddings
+    folder of cfg.data, as `synalign run` passes its own) or over cfg.data, which the actor reads and embeds. The
+    driver holds groups, their texts and the input's copy keys, never the input rows.
 
     Resumable: rerun with the same output path and only the groups not yet written are generated. A running
     `GeneratorPool` of the same model may be passed in to skip engine start-up; it is left running.
@@ -138,10 +157,11 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
     preset = load_preset(g.preset, g.presets_file)
     bounds = row_bounds(cfg, preset)
     _warn_budgets(g, preset)
-    real = real if real is not None else real_input.read_real_rows(cfg.data, cfg.storage)
+    # The input is checked here, before any engine (a run has checked it before embedding).
+    plan = real_input.plan_input(cfg.data, cfg.storage) if embeddings_path is None or schedule_path else None
     schedule = read_schedule(schedule_path, cfg) if schedule_path else None
     if schedule is not None:
-        _check_schedule(schedule, real)
+        texts, keys = schedule_texts(plan, cfg, schedule)
     check_llm(g.model)
     out = io.resolve(cfg.output.path, cfg.storage)
     with RunFolder(out, cfg.storage).open(settings(cfg, schedule_path), cfg.output.overwrite, resume=True,
@@ -149,24 +169,29 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, real: 
         if folder.reused is not None:
             check_generated_rows(folder.reused)
             return folder.reused
-        texts = dict(zip(real.column(io.ROW_ID).to_pylist(), real.column(cfg.data.text_column).to_pylist()))
-        ledger = GenerationLedger(out, cfg.storage, row_check=row_checker(cfg, preset, bounds, texts.values()),
-                                  drop=cfg.quality.filter)
-        done = ledger.done_groups
         t_start = time.monotonic()
         timings: dict[str, float] = {}
         with runtime.ray_session(cfg.resources) as ray:
             tracker = None
             if schedule is not None:
                 total = schedule.num_rows
-                batches = _schedule_batches(schedule.to_pylist(), g.groups_per_batch)
+                batches = _schedule_batches(with_texts(schedule.to_pylist(), texts), g.groups_per_batch)
             else:
-                tracker = _start_tracker(ray, cfg, real, embedded, timings)
-                total = ray.get(tracker.progress.remote())["groups_planned"]
+                tracker, facts = start_tracker(ray, cfg, embeddings_path, plan)
+                timings["tracker_load"] = time.monotonic() - t_start
+                total = facts["groups_planned"]
+                keys = ray.get(tracker.copy_keys.remote())
                 batches = _tracker_batches(ray, tracker, g.groups_per_batch)
-            stats, pool_info = _generate(cfg, preset, pool, _groups(batches, texts, done), ledger, total,
-                                         len(done), timings)
-            selection = ray.get(tracker.progress.remote()) if tracker is not None else None
+            ledger = GenerationLedger(out, cfg.storage, row_check=row_checker(cfg, preset, bounds, keys),
+                                      drop=cfg.quality.filter)
+            done = ledger.done_groups
+            try:
+                stats, pool_info = _generate(cfg, preset, pool, _groups(batches, done), ledger, total, len(done),
+                                             timings)
+                selection = ray.get(tracker.progress.remote()) if tracker is not None else None
+            finally:
+                if tracker is not None:
+                    ray.kill(tracker)
 
         totals = ledger.totals()
         parts, dropped_parts = totals.pop("parts"), totals.pop("dropped_parts")

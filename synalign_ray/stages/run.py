@@ -7,8 +7,6 @@ import logging
 import time
 from typing import Any, Callable
 
-import pyarrow as pa
-import pyarrow.compute as pc
 
 from synalign_ray import io, runtime
 from synalign_ray.config import SynAlignConfig
@@ -28,29 +26,24 @@ SECTIONS = ("data", "embedding", "selection", "generation", "alignment", "qualit
 StageConfig = Callable[[str], SynAlignConfig]
 
 
-def _embed_real(plan: RealInput, cfg: SynAlignConfig) -> tuple[dict[str, Any], pa.Table]:
-    """The input embedded file to file into the run's `embeddings` folder (or that folder when already complete),
-    and its rows read back for the steps that still take them on the driver (generation, alignment, scores)."""
-    manifest = embed.embed_stage(cfg, plan)
-    return manifest, embed.read_embedded(cfg.output.path, cfg)[0]
+def _align_kept(run_dir: io.Location, cfg: SynAlignConfig) -> dict[str, Any]:
+    """Align the kept rows of `generated_embeddings` toward the rows of `embeddings` into the run's `aligned` folder
+    (or reuse it). The shards read their rows from those folders; the generated rows carry generated_id (their id
+    in generated_embeddings) and the input's column names."""
+    from synalign_ray.alignment.align import align_folders
+    from synalign_ray.alignment.rows import FolderRows
 
-
-def _align_kept(loc: io.Location, cfg: SynAlignConfig, embedded: pa.Table, kept: pa.Table) -> dict[str, Any]:
-    """Align the kept generated rows toward the input rows into the run's `aligned` folder (or reuse it). The
-    generated rows carry generated_id (their id in generated_embeddings) and the input's column names."""
-    from synalign_ray.alignment.align import align
-
-    with RunFolder(loc, cfg.storage).open(settings_for(cfg, SECTIONS), cfg.output.overwrite) as folder:
+    with RunFolder(run_dir.join("aligned"), cfg.storage).open(settings_for(cfg, SECTIONS),
+                                                              cfg.output.overwrite) as folder:
         if folder.reused is not None:
             return folder.reused
         names = {io.ROW_ID: GENERATED_ID, "text": cfg.data.text_column}
         if cfg.data.label_column:
             names["label"] = cfg.data.label_column
-        syn = kept.drop_columns([io.EMBEDDING, DROP_REASON])
-        syn = syn.rename_columns([names.get(c, c) for c in syn.column_names])
-        real_emb = io.embeddings_from_arrow(embedded.column(io.EMBEDDING))
-        return align(cfg, embedded.drop_columns([io.EMBEDDING]), real_emb, syn,
-                     io.embeddings_from_arrow(kept.column(io.EMBEDDING)), folder)
+        real = FolderRows.of(run_dir.join("embeddings").url, cfg.storage, "embeddings")
+        generated = FolderRows.of(run_dir.join("generated_embeddings").url, cfg.storage, "generated rows",
+                                  kept_column=DROP_REASON, rename=names)
+        return align_folders(cfg, real, generated, folder)
 
 
 def run_stage(cfg: SynAlignConfig, pool: Any = None) -> dict[str, Any]:
@@ -94,21 +87,22 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: Sta
         return result
 
     with runtime.ray_session(cfg.resources):
-        manifests["embeddings"], embedded = timed("embed_real", lambda: _embed_real(plan, stage_cfg("embeddings")))
-        real = embedded.drop_columns([io.EMBEDDING])
+        manifests["embeddings"] = timed("embed_real", lambda: embed.embed_stage(stage_cfg("embeddings"), plan))
+        # The tracker actor reads the embeddings folder itself; the driver sees groups and their texts.
         manifests["generated"] = gen = timed("generate", lambda: generate_stage(
-            stage_cfg("generated"), real=real, embedded=embedded, pool=pool))
+            stage_cfg("generated"), embeddings_path=run_dir.join("embeddings").url, pool=pool))
         check_generated_rows(gen)
+        # The steps below still take the input rows on the driver (the README's "Where the rows are").
+        embedded = embed.read_embedded(run_dir.join("embeddings").url, cfg)[0]
         # Kept and dropped rows embedded; near-copies of input rows and label mismatches marked dropped.
         manifests["generated_embeddings"], gen_embedded = timed("embed_generated", lambda: _generated_embeddings_stage(
             run_dir, run_dir.join("generated"), gen, embedded, stage_cfg))
-        kept = gen_embedded.filter(pc.is_null(gen_embedded.column(DROP_REASON)))
-        if kept.num_rows == 0:
+        kept_rows = manifests["generated_embeddings"]["kept_rows"]
+        if kept_rows == 0:
             raise InputError(f"every generated row failed a quality check "
                              f"({top_reasons(manifests['generated_embeddings']['failed_checks'])}); the rows are in "
                              f"{run_dir.join('generated_embeddings').url}")
-        manifests["aligned"] = al = timed("align", lambda: _align_kept(
-            run_dir.join("aligned"), stage_cfg("aligned"), embedded, kept))
+        manifests["aligned"] = al = timed("align", lambda: _align_kept(run_dir, stage_cfg("aligned")))
         # What the rows are worth: every set scored against real rows the generator never saw.
         quality = timed("quality", lambda: _score_run(cfg, embedded, gen_embedded,
                                                       io.read_parts(run_dir.join("aligned"), al)))
@@ -116,11 +110,11 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: Sta
     manifest = stamp({
         "kind": "run", "input": cfg.data.path,
         "stages": {name: run_dir.join(name).url for name in RUN_STAGES},
-        "counts": {"real_rows": real.num_rows, "groups": gen["groups_done"], "failed_groups": len(gen["failed_groups"]),
+        "counts": {"real_rows": embedded.num_rows, "groups": gen["groups_done"], "failed_groups": len(gen["failed_groups"]),
                    "generated_rows": gen["rows"] + gen.get("dropped_rows", 0),
                    "duplicates_removed": gen["duplicates_removed"],
                    "failed_checks": manifests["generated_embeddings"]["failed_checks"],
-                   "kept_rows": kept.num_rows,
+                   "kept_rows": kept_rows,
                    "aligned_rows": al["counts"]["rows"], "distinct_fraction": al["counts"]["distinct_fraction"]},
         "tokens": gen["tokens"], "generator_busy_fraction": gen["pool"]["busy_fraction"],
         "quality": quality, "metrics": al["metrics"], "fit": al.get("fit", {}),
@@ -128,6 +122,6 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: Sta
         "seconds_this_invocation": round(time.monotonic() - t_run, 3)}, folder, cfg)
     manifest["report"] = write_report(run_dir, cfg, manifest)
     folder.finish(manifest)
-    log.info("run complete: %d real rows -> %d generated -> %d aligned rows in %s", real.num_rows, gen["rows"],
+    log.info("run complete: %d real rows -> %d generated -> %d aligned rows in %s", embedded.num_rows, gen["rows"],
              al["counts"]["rows"], run_dir.url)
     return manifest

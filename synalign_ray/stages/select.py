@@ -12,6 +12,7 @@ import pyarrow as pa
 from synalign_ray import io
 from synalign_ray.config import SynAlignConfig
 from synalign_ray.errors import InputError
+from synalign_ray.real_input import RealInput
 from synalign_ray.run_folder import RunFolder, output_manifest, read_output, settings_for
 from synalign_ray.stages.common import stamp
 from synalign_ray.stages.embed import read_embedded
@@ -33,35 +34,75 @@ def _labels(table: pa.Table, cfg: SynAlignConfig, embedded_path: str) -> list | 
     return table.column(cfg.data.label_column).to_pylist() if cfg.data.label_column else None
 
 
-class FolderTracker:
-    """Actor body for `synalign select` with shard actors: the central tracker over an embeddings folder that it
-    reads itself, so the driver receives only the schedule. `load` reads it (not __init__, so a bad input reaches
-    the driver as the InputError itself)."""
+class TrackerActor:
+    """Actor body: the central tracker over rows it loads itself (an embeddings folder, or the input read and
+    embedded here), so the driver receives only groups, their demonstration texts and the input's copy keys.
+    Loading is a method, not __init__, so that a bad input reaches the driver as the InputError itself."""
 
     def __init__(self):
         self._tracker = None
+        self._texts: pa.Table | None = None
+        self._position: dict[int, int] = {}
 
     def load(self, embedded_path: str, cfg: SynAlignConfig, **shards) -> dict[str, Any]:
+        """Track the rows of a completed embeddings folder."""
+        table, emb, manifest = read_embedded(embedded_path, cfg)
+        return self._start(table, emb, manifest.get("text_column") or cfg.data.text_column, cfg, embedded_path,
+                           shards)
+
+    def load_input(self, plan: RealInput, cfg: SynAlignConfig, **shards) -> dict[str, Any]:
+        """Track the rows of a checked input (real_input.plan_input), read and embedded on the encoder pool from
+        here."""
+        from synalign_ray.real_input import iter_real_rows
+        from synalign_ray.stages.embed import embed_rows
+
+        rows = pa.concat_tables(list(iter_real_rows(plan, cfg.data, cfg.storage)))
+        table = embed_rows(rows, cfg, cfg.data.text_column)
+        return self._start(table, io.embeddings_from_arrow(table.column(io.EMBEDDING)), cfg.data.text_column, cfg,
+                           plan.url, shards)
+
+    def _start(self, table: pa.Table, emb: np.ndarray, text_column: str, cfg: SynAlignConfig, where: str,
+               shards: dict[str, Any]) -> dict[str, Any]:
         from synalign_ray.selection.tracker import SelectionTracker
 
-        table, emb, _ = read_embedded(embedded_path, cfg)
-        labels = _labels(table, cfg, embedded_path)
-        self._tracker = SelectionTracker(emb, labels, table.column(io.ROW_ID).to_numpy(), cfg.selection, **shards)
+        labels = _labels(table, cfg, where)
+        row_ids = table.column(io.ROW_ID).to_numpy()
+        self._tracker = SelectionTracker(emb, labels, row_ids, cfg.selection, **shards)
+        self._texts = table.select([text_column]).rename_columns(["text"])
+        self._position = {int(r): i for i, r in enumerate(row_ids)}
         return {"rows": table.num_rows, "row_id_type": table.schema.field(io.ROW_ID).type,
                 "groups_planned": self._tracker.progress()["groups_planned"]}
 
-    def next_groups(self, n: int) -> list[dict]:
-        return self._tracker.next_groups(n)
+    def next_groups(self, n: int, with_texts: bool = False) -> list[dict]:
+        """The tracker's next groups; `with_texts` adds each group's demonstration texts (`demo_texts`)."""
+        groups = self._tracker.next_groups(n)
+        if with_texts:
+            column = self._texts.column("text")
+            for g in groups:
+                g["demo_texts"] = [column[self._position[int(i)]].as_py() for i in g["demo_row_ids"]]
+        return groups
+
+    def copy_keys(self) -> np.ndarray:
+        """The tracked rows' copy keys (quality.copy_keys), for the copy_of_input check: 8 bytes a row."""
+        from synalign_ray.quality import copy_keys
+
+        return copy_keys(self._texts.column("text").to_pylist())
+
+    def progress(self) -> dict[str, Any]:
+        return self._tracker.progress()
+
+    def state_bytes(self, used: bool = False) -> int:
+        return self._tracker.state_bytes(used)
 
 
 def _schedule_on_actors(cfg: SynAlignConfig, embedded_path: str, log_every_s: float = 10.0) -> tuple[pa.Table, int]:
-    """The schedule from a FolderTracker actor and its `selection.num_shards` shard actors: (schedule, real rows)."""
+    """The schedule from a TrackerActor and its `selection.num_shards` shard actors: (schedule, real rows)."""
     from synalign_ray.runtime import raise_original, ray_session
     from synalign_ray.selection.schedule import DRAIN_BATCH, groups_to_table
     from synalign_ray.selection.steps import shard_options
 
     with ray_session(cfg.resources) as ray:
-        tracker = ray.remote(FolderTracker).options(num_cpus=0).remote()
+        tracker = ray.remote(TrackerActor).options(num_cpus=0).remote()
         try:
             try:
                 facts = ray.get(tracker.load.remote(embedded_path, cfg, **shard_options(ray, cfg.selection)))

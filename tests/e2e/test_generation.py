@@ -13,6 +13,7 @@ from synalign_ray.errors import ConfigError, InputError, ModelError, StorageErro
 from synalign_ray.generation import ledger as ledger_mod
 from synalign_ray.generation.parsing import normalise_text
 from synalign_ray.generation.presets import PRESETS
+from synalign_ray.quality import copy_keys
 from synalign_ray.models import resolve_llm
 from synalign_ray.stages.generate import generate_stage, row_bounds, row_checker
 from tests.conftest import data_file
@@ -47,7 +48,8 @@ def check_output(out_path, real, schedule_path, expect_groups):
     assert len(keys) == len(set(keys)), "exact duplicates must be removed"
     # Kept rows pass every quality check; the dropped ones sit beside the output with the check they failed.
     cfg = build_config({})
-    checker = row_checker(cfg, PRESETS["sst2"], row_bounds(cfg, PRESETS["sst2"]), real.column("text").to_pylist())
+    checker = row_checker(cfg, PRESETS["sst2"], row_bounds(cfg, PRESETS["sst2"]),
+                          copy_keys(real.column("text").to_pylist()))
     assert checker([r["text"] for r in rows]) == [None] * len(rows)
     dropped_loc = ledger_mod.dropped_location(loc)
     dropped = io.read_parts(dropped_loc, io.read_manifest(dropped_loc)).to_pylist()

@@ -218,3 +218,84 @@ def test_auto_entropy_meets_the_distinct_target(ray_local, inputs, tmp_path):
     assert search["entropy"] in [p["entropy"] for p in search["frontier"]]
     # One draw of 400 rows lands near the expectation the search steered by.
     assert abs(manifest["counts"]["distinct_fraction"] - search["achieved"]["expected_distinct"]) < 0.05
+
+
+def _run_folders(inputs, base: str, storage, real_emb=None):
+    """The inputs stored as a run stores them: an embeddings folder of three parts whose id ranges interleave (as
+    parallel writers leave them), and generated rows in parts with every fourth row dropped. Returns (real folder,
+    generated folder, the real rows as stored, the dropped mask)."""
+    from synalign_ray import io
+
+    real, emb, synthetic, syn_emb = inputs
+    real_ids = np.arange(real.num_rows) * 2 + 1  # sparse ids, as a sampled input has
+    stored_real = real.append_column(io.ROW_ID, pa.array(real_ids)).append_column(
+        io.EMBEDDING, io.embeddings_to_arrow(emb if real_emb is None else real_emb))
+    real_loc = resolve(f"{base}/embeddings", storage)
+    parts = [io.write_part(stored_real.filter(pa.array(np.arange(real.num_rows) % 3 == k)), real_loc,
+                           f"part-{k:04d}.parquet", storage) for k in (2, 0, 1)]
+    io.write_manifest(real_loc, {"kind": "embeddings", "parts": parts, "order": io.ROW_ID}, storage)
+    dropped = np.arange(synthetic.num_rows) % 4 == 0
+    stored_gen = synthetic.append_column(io.ROW_ID, pa.array(np.arange(synthetic.num_rows))).append_column(
+        "drop_reason", pa.array(["near_copy" if d else None for d in dropped], pa.string())).append_column(
+        io.EMBEDDING, io.embeddings_to_arrow(syn_emb))
+    gen_loc = resolve(f"{base}/generated_embeddings", storage)
+    parts = [io.write_part(stored_gen.slice(lo, 100), gen_loc, f"part-{lo:04d}.parquet", storage)
+             for lo in range(0, synthetic.num_rows, 100)]
+    io.write_manifest(gen_loc, {"kind": "embeddings", "parts": parts}, storage)
+    return real_loc, gen_loc, stored_real.drop_columns([io.EMBEDDING]), dropped
+
+
+def _align_folders(cfg, real_loc, gen_loc, out, storage):
+    from synalign_ray.alignment.align import align_folders
+    from synalign_ray.alignment.rows import FolderRows
+    from synalign_ray.run_folder import RunFolder, settings_for
+
+    real_rows = FolderRows.of(real_loc.url, storage, "embeddings")
+    generated = FolderRows.of(gen_loc.url, storage, "generated rows", kept_column="drop_reason",
+                              rename={"row_id": "generated_id"})
+    with RunFolder(out, storage).open(settings_for(cfg, ("data", "alignment")), False) as folder:
+        return align_folders(cfg, real_rows, generated, folder)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_shards_that_read_run_folders_give_the_output_of_rows_held_by_the_driver(ray_local, inputs, s3_storage,
+                                                                                  tmp_path, where, monkeypatch):
+    """align_folders, as `synalign run` aligns: the driver scans ids and labels only (its own slice reader fails if
+    called), and each shard reads its row-id range of the parts, leaving the dropped generated rows out. Rows,
+    weights and metrics equal `align` over the same rows held in memory."""
+    import uuid
+
+    from synalign_ray.alignment import rows as rows_mod
+
+    real, real_emb, synthetic, syn_emb = inputs
+    storage, bucket = s3_storage if where == "s3" else (None, None)
+    base = f"s3://{bucket}/folders-{uuid.uuid4().hex[:8]}" if where == "s3" else str(tmp_path)
+    real_loc, gen_loc, stored_real, dropped = _run_folders(inputs, base, storage)
+    kept = synthetic.append_column("generated_id", pa.array(np.arange(synthetic.num_rows))).filter(pa.array(~dropped))
+    cfg = _config()
+    expected = align(cfg, stored_real, real_emb, kept, syn_emb[~dropped], resolve(f"{base}/in_memory", storage),
+                     storage)
+
+    def driver_must_not(self):
+        raise AssertionError("the driver read a shard's rows")
+
+    monkeypatch.setattr(rows_mod.FolderSlice, "load", driver_must_not)
+    out = resolve(f"{base}/from_folders", storage)
+    got = _align_folders(cfg, real_loc, gen_loc, out, storage)
+    for key in ("counts", "metrics", "metrics_held_out", "columns"):
+        assert got[key] == expected[key], key
+    assert {k: v for k, v in got["fit"].items() if k != "seconds"} == \
+        {k: v for k, v in expected["fit"].items() if k != "seconds"}
+    assert read_parts(out, got).equals(read_parts(resolve(f"{base}/in_memory", storage), expected))
+
+
+def test_a_bad_row_a_shard_finds_is_one_input_error_and_no_manifest(ray_local, inputs, tmp_path):
+    """A NaN embedding inside a folder is found by the shard that loads it: one InputError line naming the row's
+    position, and the output folder gets no manifest."""
+    real_emb = inputs[1].copy()
+    real_emb[250, 3] = np.nan
+    real_loc, gen_loc, _, _ = _run_folders(inputs, str(tmp_path), None, real_emb=real_emb)
+    out = resolve(str(tmp_path / "out"))
+    with pytest.raises(InputError, match=r"embeddings has NaN or infinite values \(first at row 250\)") as err:
+        _align_folders(_config(), real_loc, gen_loc, out, None)
+    assert "\n" not in str(err.value) and read_manifest(out) is None

@@ -1,5 +1,6 @@
 """The selection tracker as a Ray actor: same schedule as the plain class, and the same again when restarted; its
-partitions on two concurrent shard actors: the same schedule as in process."""
+partitions on two concurrent shard actors: the same schedule as in process; the tracker actor of `generate`/`run`,
+which loads its rows itself."""
 
 from __future__ import annotations
 
@@ -67,30 +68,64 @@ def test_two_concurrent_shard_actors_give_the_in_process_schedule(ray_local, rea
 
 
 def test_generate_stage_tracker_with_shard_actors_gives_the_in_process_schedule(ray_local, real_embeddings,
-                                                                                same_schedule):
-    """The tracker actor as `synalign generate` starts it, with selection.num_shards = 2: it builds its own shard
-    actors (actor_shards' factory travels to it) and issues the schedule `synalign select` builds in process."""
+                                                                                same_schedule, tmp_path):
+    """The tracker actor as `synalign run` starts it, over an embeddings folder it reads itself, with
+    selection.num_shards = 2: it builds its own shard actors (actor_shards' factory travels to it), issues the
+    schedule `synalign select` builds in process with each group's demonstration texts, and gives the input's copy
+    keys."""
     import pyarrow as pa
 
     from synalign_ray import io
-    from synalign_ray.config import SynAlignConfig
-    from synalign_ray.stages.generate import _start_tracker
+    from synalign_ray.config import build_config
+    from synalign_ray.quality import copy_keys
+    from synalign_ray.stages.common import write_table
+    from synalign_ray.stages.generate import start_tracker
 
     rows, emb = real_embeddings("agnews_dev.parquet", N_ROWS, 0)
     labels = rows.column("label").to_pylist()
-    ids = np.arange(N_ROWS, dtype=np.int64)
-    cfg = SynAlignConfig()
-    cfg.data.label_column = "label"
-    cfg.selection = SelectionConfig(k=9, max_groups=30, engine="partitioned", partition_rows=60, inducing_rows=32,
-                                    num_shards=2, num_cpus_per_shard=0.25)
-    embedded = pa.table({io.ROW_ID: ids, "label": labels, io.EMBEDDING: io.embeddings_to_arrow(emb)})
-    tracker = _start_tracker(ray_local, cfg, None, embedded, {})
+    ids = np.arange(N_ROWS, dtype=np.int64) * 2
+    embedded = rows.append_column(io.ROW_ID, pa.array(ids)).append_column(io.EMBEDDING, io.embeddings_to_arrow(emb))
+    cfg = build_config({}, [f"output.path={tmp_path / 'emb'}", "output.rows_per_part=250", "data.label_column=label",
+                            "selection.k=9", "selection.max_groups=30", "selection.engine=partitioned",
+                            "selection.partition_rows=60", "selection.inducing_rows=32", "selection.num_shards=2",
+                            "selection.num_cpus_per_shard=0.25"])
+    write_table(embedded, io.resolve(str(tmp_path / "emb")), cfg, {"kind": "embeddings", "dim": 384})
+    tracker, facts = start_tracker(ray_local, cfg, str(tmp_path / "emb"), None)
+    assert facts["rows"] == N_ROWS and facts["groups_planned"] == 30
     groups = []
-    while batch := ray_local.get(tracker.next_groups.remote(7)):
+    while batch := ray_local.get(tracker.next_groups.remote(7, with_texts=True)):
         groups.extend(batch)
     same_schedule(groups, build_schedule(cfg.selection, emb, labels, ids))
+    text_of = dict(zip(ids.tolist(), rows.column("text").to_pylist()))
+    assert all(g["demo_texts"] == [text_of[i] for i in g["demo_row_ids"]] for g in groups)
+    assert np.array_equal(ray_local.get(tracker.copy_keys.remote()), copy_keys(text_of.values()))
     assert ray_local.get(tracker.state_bytes.remote()) > 0
     ray_local.kill(tracker)
+
+
+def test_generate_tracker_reads_and_embeds_the_input_itself(ray_local, tmp_path):
+    """`synalign generate` without a schedule: the tracker actor reads the checked input's slices and embeds them on
+    the encoder pool, so the driver holds only the plan; every group shows rows of its own label, by their ids."""
+    import pyarrow.parquet as pq
+
+    from synalign_ray.config import build_config
+    from synalign_ray.real_input import plan_input
+    from synalign_ray.stages.generate import start_tracker
+    from tests.conftest import sample_rows
+
+    rows = sample_rows("sst2_dev.parquet", 120, seed=1)
+    pq.write_table(rows, tmp_path / "real.parquet", row_group_size=50)
+    cfg = build_config({}, [f"data.path={tmp_path / 'real.parquet'}", "selection.k=4", "selection.max_groups=6",
+                            "embedding.num_actors=1", "embedding.batch_size=32"])
+    plan = plan_input(cfg.data, cfg.storage)
+    tracker, facts = start_tracker(ray_local, cfg, None, plan)
+    groups = ray_local.get(tracker.next_groups.remote(100, with_texts=True))
+    ray_local.kill(tracker)
+    assert facts["rows"] == 120 and len(groups) == facts["groups_planned"] == 6
+    texts, labels = rows.column("text").to_pylist(), rows.column("label").to_pylist()
+    for g in groups:
+        assert g["demo_texts"] == [texts[i] for i in g["demo_row_ids"]] and len(g["demo_row_ids"]) == 5
+        assert {str(labels[i]) for i in g["demo_row_ids"]} == {str(g["label"])}
 
 
 def test_select_command_with_shard_actors_reads_the_rows_in_the_tracker_actor(ray_local, real_embeddings,

@@ -7,6 +7,7 @@ from synalign_ray import io
 from synalign_ray.config import build_config
 from synalign_ray.generation.ledger import GenerationLedger, dropped_location
 from synalign_ray.generation.presets import PRESETS
+from synalign_ray.quality import copy_keys
 from synalign_ray.stages.generate import row_bounds, row_checker
 from tests.conftest import sample_rows
 
@@ -33,7 +34,7 @@ def test_failing_rows_go_beside_the_output_with_their_reason_and_resume(out_loc)
     real = sample_rows("sst2_dev.parquet", 30, seed=3).column("text").to_pylist()
     inputs = real[:10]
     cfg = build_config({})
-    check = row_checker(cfg, PRESETS["sst2"], row_bounds(cfg, PRESETS["sst2"]), inputs)
+    check = row_checker(cfg, PRESETS["sst2"], row_bounds(cfg, PRESETS["sst2"]), copy_keys(inputs))
     ledger = GenerationLedger(loc, storage, row_check=check)
     good = real[10:20]
     batch = [*good[:5], *JUNK, inputs[0]]  # a copy of an input row too
@@ -60,7 +61,7 @@ def test_failing_rows_go_beside_the_output_with_their_reason_and_resume(out_loc)
 
 def test_without_the_filter_failing_rows_are_counted_and_kept(tmp_path):
     cfg = build_config({}, ["quality.filter=false"])
-    check = row_checker(cfg, PRESETS["sst2"], row_bounds(cfg, PRESETS["sst2"]), [])
+    check = row_checker(cfg, PRESETS["sst2"], row_bounds(cfg, PRESETS["sst2"]), copy_keys([]))
     ledger = GenerationLedger(io.resolve(str(tmp_path / "gen")), row_check=check, drop=cfg.quality.filter)
     entry = ledger.record(rows_for(["A warm and funny film .", *JUNK], 0), [0], [], {}, 0.1)
     assert entry["rows"] == 1 + len(JUNK) and entry["dropped"] == 0 and sum(entry["failed_checks"].values()) == 4

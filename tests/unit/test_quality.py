@@ -149,6 +149,22 @@ def test_copy_of_input_ignores_case_and_spacing():
         "copy_of_input", "copy_of_input", None]
 
 
+def test_copy_keys_find_the_same_rows_as_the_input_texts_themselves():
+    """The copy check looks up 8-byte keys instead of holding the input: on 2,000 real rows (half of them inputs) it
+    flags exactly the rows a set of the normalised input texts flags."""
+    from synalign_ray.quality import RowChecker, copy_keys
+
+    texts = sample_rows("sst2_train.parquet", 2000, seed=4).column("text").to_pylist()
+    inputs = texts[::2]
+    keys = copy_keys(inputs + inputs[:10])  # repeated rows give one key each
+    assert keys.dtype == np.uint64 and np.all(np.diff(keys) > 0) and len(keys) == len(set(inputs))
+    reference = {" ".join(t.casefold().split()) for t in inputs}
+    candidates = [t.upper() if i % 3 else t for i, t in enumerate(texts)]
+    flagged = RowChecker(ONLY["copy_of_input"], (), keys)(candidates)
+    assert flagged == ["copy_of_input" if " ".join(t.casefold().split()) in reference else None for t in candidates]
+    assert flagged.count("copy_of_input") >= 1000
+
+
 def test_disabled_checks_are_skipped():
     enabled = [c for c in CHECK_REASONS if c not in ("too_short", "prompt_echo")]
     bounds = RowBounds.from_config(QualityConfig(checks=enabled), SST2.max_sample_chars)

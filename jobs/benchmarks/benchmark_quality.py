@@ -137,7 +137,7 @@ def main() -> None:
             emb = embed([rows[i] for i in kept])
             entry.update(quality.score_set(emb, [result.rows[i]["label"] for i in kept], [rows[i] for i in kept],
                                            ref_emb, ref_labels, args.seed,
-                                           group_ids=[result.rows[i]["group_id"] for i in kept], input_emb=inp_emb,
+                                           group_ids=[result.rows[i]["group_id"] for i in kept], input_cosine=quality.near_copy_max_cosine(emb, inp_emb),
                                            near_copy_cosine=qcfg.near_copy_cosine))
         results[variant] = entry
         every_row[variant] = [{"label": r["label"], "text": r["text"], "reason": reasons[i],

@@ -1,5 +1,6 @@
 """Where an alignment shard's rows come from: a slice of a table the caller holds (TableSlice), or a row-id range of a
-completed folder's parts that the shard reads itself (FolderRows.slice). The driver scans only ids and labels."""
+completed folder's parts that the shard reads itself (FolderRows.slice). The driver scans only ids and labels, and
+takes the few rows it scores (FolderRows.take)."""
 
 from __future__ import annotations
 
@@ -46,7 +47,8 @@ class FolderRows:
             raise InputError(f"{what} {url} has no {io.MANIFEST}: it is not a completed synalign output")
         return cls(url, tuple(manifest["parts"]), storage, **options)
 
-    def _read(self, part: str, columns: list[str] | None = None) -> pa.Table:
+    def read_part(self, part: str, columns: list[str] | None = None) -> pa.Table:
+        """One part (its kept rows), stored names; a part that cannot be read is one InputError naming it."""
         loc = io.resolve(self.url, self.storage)
         path = loc.join(part).path
         with io.reading(loc, path, "parquet", self.storage), loc.fs.open(path, "rb") as fh:
@@ -69,9 +71,23 @@ class FolderRows:
         if missing := [c for c in wanted if c not in stored]:
             raise InputError(f"{self.url} lacks column(s) {missing}")
         read = wanted + ([self.kept_column] if self.kept_column and self.kept_column not in wanted else [])
-        table = pa.concat_tables([self._read(p, read).select(wanted) for p in self.parts])
+        table = pa.concat_tables([self.read_part(p, read).select(wanted) for p in self.parts])
         table = table.take(pc.sort_indices(table, sort_keys=[(io.ROW_ID, "ascending")]))
         return table.rename_columns([self.rename.get(c, c) if c != io.ROW_ID else c for c in wanted])
+
+    def take(self, row_ids: np.ndarray, columns: list[str] | None = None) -> pa.Table:
+        """The rows with these ids (stored names, row-id order), read one part at a time: what a caller holds is
+        the rows it asked for, never the folder."""
+        wanted = pa.array(np.asarray(row_ids, dtype=np.int64))
+        keep = None if columns is None else [io.ROW_ID, *[c for c in columns if c != io.ROW_ID]]
+        read = None if keep is None else keep + ([self.kept_column] if self.kept_column else [])
+        pieces = []
+        for part in self.parts:
+            table = self.read_part(part, read)
+            pieces.append(table.filter(pc.is_in(table.column(io.ROW_ID), value_set=wanted)))
+        table = pa.concat_tables(pieces)
+        table = table.select(keep) if keep is not None else table
+        return table.take(pc.sort_indices(table, sort_keys=[(io.ROW_ID, "ascending")]))
 
     def slice(self, first_id: int | None, last_id: int | None) -> "FolderSlice":
         """Rows with first_id <= row_id <= last_id (None, None: no rows)."""
@@ -92,7 +108,7 @@ class FolderSlice:
         pieces = []
         if self.first_id is not None:
             for part in src.parts:
-                table = src._read(part)
+                table = src.read_part(part)
                 ids = table.column(io.ROW_ID)
                 inside = pc.and_(pc.greater_equal(ids, self.first_id), pc.less_equal(ids, self.last_id))
                 if pc.any(inside).as_py():

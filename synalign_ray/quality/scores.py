@@ -27,7 +27,7 @@ def _one_thread() -> Any:
     return threadpool_limits(limits=1)
 
 
-def _subsample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
+def seeded_subsample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     """Sorted indices of a seeded sample of `size` of n rows (all rows when size ≥ n)."""
     if size >= n:
         return np.arange(n)
@@ -70,7 +70,7 @@ def two_sample_auc(a: np.ndarray, b: np.ndarray, seed: int, folds: int = 5,
     n = min(len(a), len(b), max_rows)
     if n < 2:
         raise ValueError(f"two_sample_auc needs at least 2 rows on each side, got {len(a)} and {len(b)}")
-    x = np.vstack([np.asarray(a)[_subsample(len(a), n, rng)], np.asarray(b)[_subsample(len(b), n, rng)]])
+    x = np.vstack([np.asarray(a)[seeded_subsample(len(a), n, rng)], np.asarray(b)[seeded_subsample(len(b), n, rng)]])
     y = np.repeat([0, 1], n)
     same_row = np.unique(x, axis=0, return_inverse=True)[1].ravel()
     aucs = []
@@ -100,7 +100,7 @@ def label_agreement(real_emb: np.ndarray, real_labels: Sequence[Any], gen_emb: n
         raise ValueError(f"label_agreement needs at least two labels among the real rows, got {sorted(set(real_y))}")
     if len(gen_y) == 0:
         raise ValueError("label_agreement needs at least one generated row")
-    keep = _subsample(len(real_y), max_rows, np.random.default_rng(seed))
+    keep = seeded_subsample(len(real_y), max_rows, np.random.default_rng(seed))
     with _one_thread():
         clf = LogisticRegression(max_iter=2000).fit(np.asarray(real_emb)[keep], real_y[keep])
         return float(np.mean(clf.predict(np.asarray(gen_emb)) == gen_y))
@@ -124,7 +124,7 @@ def own_label_probability(train_emb: np.ndarray, train_labels: Sequence[Any], ge
     out = np.ones(len(gen_y), dtype=np.float64)
     if len(gen_y) == 0 or len(np.unique(train_y)) < 2:
         return out
-    keep = _subsample(len(train_y), max_rows, np.random.default_rng(seed))
+    keep = seeded_subsample(len(train_y), max_rows, np.random.default_rng(seed))
     with _one_thread():
         clf = LogisticRegression(max_iter=2000).fit(np.asarray(train_emb)[keep], train_y[keep])
         proba = clf.predict_proba(np.asarray(gen_emb))
@@ -153,8 +153,8 @@ def mauve_score(p_emb: np.ndarray, q_emb: np.ndarray, seed: int, max_rows: int =
     q = np.asarray(q_emb, dtype=np.float32)
     if len(p) < 2 or len(q) < 2:
         raise ValueError(f"mauve_score needs at least 2 rows on each side, got {len(p)} and {len(q)}")
-    p = p[_subsample(len(p), max_rows, rng)]
-    q = q[_subsample(len(q), max_rows, rng)]
+    p = p[seeded_subsample(len(p), max_rows, rng)]
+    q = q[seeded_subsample(len(q), max_rows, rng)]
     with _one_thread():
         out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=mauve_buckets(len(p), len(q)), seed=seed,
                                   verbose=False)
@@ -195,7 +195,7 @@ def mean_within_group_cosine(emb: np.ndarray, group_ids: Sequence[Any]) -> float
 
 def score_set(gen_emb: np.ndarray, gen_labels: Sequence[Any] | None, gen_texts: Sequence[str],
               real_emb: np.ndarray, real_labels: Sequence[Any] | None, seed: int,
-              group_ids: Sequence[Any] | None = None, input_emb: np.ndarray | None = None,
+              group_ids: Sequence[Any] | None = None, input_cosine: np.ndarray | None = None,
               near_copy_cosine: float = 0.95) -> dict[str, Any]:
     """The set-level table for one set of generated rows against real (held-out) rows.
 
@@ -203,7 +203,8 @@ def score_set(gen_emb: np.ndarray, gen_labels: Sequence[Any] | None, gen_texts: 
     seeded subsampling to MAX_SCORED_ROWS); two_sample_rows (rows per side of the balanced two-sample test);
     two_sample_auc; label_agreement (None without labels on both sides, or with one real label:
     label_agreement_skipped says why); mauve; nearest_real_cosine_median/_p10/_p90; near_copy_rate (share with
-    cosine ≥ near_copy_cosine to an input row; None without input_emb); distinct_2; within_group_cosine (None
+    cosine ≥ near_copy_cosine to an input row, from `input_cosine`: each row's near_copy_max_cosine to the input
+    rows, which a caller may compute where the input lives; None without it); distinct_2; within_group_cosine (None
     without group_ids or groups of 2+). Two-sample AUC and MAUVE are None below 2 rows on either side.
     """
     gen = np.asarray(gen_emb, dtype=np.float32)
@@ -221,8 +222,8 @@ def score_set(gen_emb: np.ndarray, gen_labels: Sequence[Any] | None, gen_texts: 
         p10, median, p90 = np.percentile(nearest, [10, 50, 90])
         out.update(nearest_real_cosine_median=float(median), nearest_real_cosine_p10=float(p10),
                    nearest_real_cosine_p90=float(p90))
-    if rows >= 1 and input_emb is not None and len(input_emb):
-        out["near_copy_rate"] = float(np.mean(near_copy_max_cosine(gen, input_emb) >= near_copy_cosine))
+    if rows >= 1 and input_cosine is not None:
+        out["near_copy_rate"] = float(np.mean(np.asarray(input_cosine) >= near_copy_cosine))
     if rows >= 2 and len(real) >= 2:
         out["two_sample_auc"] = two_sample_auc(gen, real, seed)
         out["mauve"] = mauve_score(gen, real, seed)
@@ -230,7 +231,7 @@ def score_set(gen_emb: np.ndarray, gen_labels: Sequence[Any] | None, gen_texts: 
         if len(set(map(str, real_labels))) < 2:
             out["label_agreement_skipped"] = "the real rows hold fewer than two labels"
         else:
-            keep = _subsample(rows, MAX_SCORED_ROWS, np.random.default_rng(seed))
+            keep = seeded_subsample(rows, MAX_SCORED_ROWS, np.random.default_rng(seed))
             labels = list(gen_labels)
             out["label_agreement"] = label_agreement(real, real_labels, gen[keep], [labels[i] for i in keep], seed)
     if group_ids is not None and rows >= 2:
@@ -244,7 +245,7 @@ def real_ceiling(real_pool_emb: np.ndarray, real_pool_labels: Sequence[Any] | No
                  seed: int) -> dict[str, Any]:
     """score_set for `size` real rows (a seeded sample of a real pool that shares no row with the reference):
     what each score reads when the 'generated' rows are real, on the same sizes."""
-    keep = _subsample(len(real_pool_emb), size, np.random.default_rng(seed))
+    keep = seeded_subsample(len(real_pool_emb), size, np.random.default_rng(seed))
     pool_texts = list(real_pool_texts)
     pool_labels = None if real_pool_labels is None else list(real_pool_labels)
     labels = None if pool_labels is None else [pool_labels[i] for i in keep]

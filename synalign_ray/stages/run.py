@@ -11,6 +11,7 @@ from typing import Any, Callable
 from synalign_ray import io, runtime
 from synalign_ray.config import SynAlignConfig
 from synalign_ray.errors import InputError
+from synalign_ray.alignment.rows import FolderRows
 from synalign_ray.real_input import RealInput, plan_input
 from synalign_ray.run_folder import RunFolder, settings_for
 from synalign_ray.stages.common import DROP_REASON, GENERATED_ID, stamp, top_reasons
@@ -31,7 +32,6 @@ def _align_kept(run_dir: io.Location, cfg: SynAlignConfig) -> dict[str, Any]:
     (or reuse it). The shards read their rows from those folders; the generated rows carry generated_id (their id
     in generated_embeddings) and the input's column names."""
     from synalign_ray.alignment.align import align_folders
-    from synalign_ray.alignment.rows import FolderRows
 
     with RunFolder(run_dir.join("aligned"), cfg.storage).open(settings_for(cfg, SECTIONS),
                                                               cfg.output.overwrite) as folder:
@@ -92,11 +92,12 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: Sta
         manifests["generated"] = gen = timed("generate", lambda: generate_stage(
             stage_cfg("generated"), embeddings_path=run_dir.join("embeddings").url, pool=pool))
         check_generated_rows(gen)
-        # The steps below still take the input rows on the driver (the README's "Where the rows are").
-        embedded = embed.read_embedded(run_dir.join("embeddings").url, cfg)[0]
+        # The input rows stay in their folder: the steps below read the few they score or send tasks to them.
+        real = FolderRows.of(run_dir.join("embeddings").url, cfg.storage, "embeddings")
+        real_rows = manifests["embeddings"]["rows"]
         # Kept and dropped rows embedded; near-copies of input rows and label mismatches marked dropped.
         manifests["generated_embeddings"], gen_embedded = timed("embed_generated", lambda: _generated_embeddings_stage(
-            run_dir, run_dir.join("generated"), gen, embedded, stage_cfg))
+            run_dir, run_dir.join("generated"), gen, real, stage_cfg))
         kept_rows = manifests["generated_embeddings"]["kept_rows"]
         if kept_rows == 0:
             raise InputError(f"every generated row failed a quality check "
@@ -104,13 +105,13 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: Sta
                              f"{run_dir.join('generated_embeddings').url}")
         manifests["aligned"] = al = timed("align", lambda: _align_kept(run_dir, stage_cfg("aligned")))
         # What the rows are worth: every set scored against real rows the generator never saw.
-        quality = timed("quality", lambda: _score_run(cfg, embedded, gen_embedded,
+        quality = timed("quality", lambda: _score_run(cfg, real, gen_embedded,
                                                       io.read_parts(run_dir.join("aligned"), al)))
 
     manifest = stamp({
         "kind": "run", "input": cfg.data.path,
         "stages": {name: run_dir.join(name).url for name in RUN_STAGES},
-        "counts": {"real_rows": embedded.num_rows, "groups": gen["groups_done"], "failed_groups": len(gen["failed_groups"]),
+        "counts": {"real_rows": real_rows, "groups": gen["groups_done"], "failed_groups": len(gen["failed_groups"]),
                    "generated_rows": gen["rows"] + gen.get("dropped_rows", 0),
                    "duplicates_removed": gen["duplicates_removed"],
                    "failed_checks": manifests["generated_embeddings"]["failed_checks"],
@@ -122,6 +123,6 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: Sta
         "seconds_this_invocation": round(time.monotonic() - t_run, 3)}, folder, cfg)
     manifest["report"] = write_report(run_dir, cfg, manifest)
     folder.finish(manifest)
-    log.info("run complete: %d real rows -> %d generated -> %d aligned rows in %s", embedded.num_rows, gen["rows"],
+    log.info("run complete: %d real rows -> %d generated -> %d aligned rows in %s", real_rows, gen["rows"],
              al["counts"]["rows"], run_dir.url)
     return manifest

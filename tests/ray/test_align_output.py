@@ -299,3 +299,34 @@ def test_a_bad_row_a_shard_finds_is_one_input_error_and_no_manifest(ray_local, i
     with pytest.raises(InputError, match=r"embeddings has NaN or infinite values \(first at row 250\)") as err:
         _align_folders(_config(), real_loc, gen_loc, out, None)
     assert "\n" not in str(err.value) and read_manifest(out) is None
+
+
+def test_align_command_on_two_embedded_folders_leaves_their_rows_in_place(ray_local, inputs, tmp_path, monkeypatch):
+    """`synalign align --real <embeddings folder> --synthetic <embedded folder>`: the shards read the folders
+    themselves (the driver's slice reader fails if called) and give what the same rows as plain Parquet files give,
+    which the driver reads."""
+    import pyarrow.parquet as pq
+
+    from synalign_ray import io
+    from synalign_ray.alignment import rows as rows_mod
+    from synalign_ray.stages.align import align_stage
+
+    real_loc, gen_loc, _, _ = _run_folders(inputs, str(tmp_path), None)
+    for name, loc in (("real", real_loc), ("synthetic", gen_loc)):
+        table = io.read_parts(loc)
+        pq.write_table(table.take(pa.compute.sort_indices(table, sort_keys=[(io.ROW_ID, "ascending")])),
+                       tmp_path / f"{name}.parquet")
+    cfg = _config("alignment.weighting=mmd", f"output.path={tmp_path / 'from_files'}")
+    expected = align_stage(cfg, str(tmp_path / "real.parquet"), str(tmp_path / "synthetic.parquet"))
+
+    def driver_must_not(self):
+        raise AssertionError("the driver read a shard's rows")
+
+    monkeypatch.setattr(rows_mod.FolderSlice, "load", driver_must_not)
+    monkeypatch.setattr("synalign_ray.stages.align.read_rows", driver_must_not)
+    cfg = _config("alignment.weighting=mmd", f"output.path={tmp_path / 'from_folders'}")
+    got = align_stage(cfg, real_loc.url, gen_loc.url)
+    for key in ("counts", "metrics", "metrics_held_out", "columns"):
+        assert got[key] == expected[key], key
+    assert read_parts(resolve(str(tmp_path / "from_folders")), got).equals(
+        read_parts(resolve(str(tmp_path / "from_files")), expected))

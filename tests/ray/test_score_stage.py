@@ -11,10 +11,12 @@ import pyarrow as pa
 import pytest
 
 from synalign_ray import io
+from synalign_ray.alignment.rows import FolderRows
 from synalign_ray.config import build_config
 from synalign_ray.errors import InputError
 from synalign_ray.generation.ledger import DROPPED_SCHEMA, GENERATED_SCHEMA, dropped_location
 from synalign_ray.stages.common import DROP_REASON, write_table
+from synalign_ray.quality import near_copy_max_cosine
 from synalign_ray.stages.score import _generated_embeddings_stage
 from tests.conftest import sample_rows
 
@@ -36,13 +38,15 @@ def run_inputs(tmp_path, real_embeddings, ray_local):
     texts, labels = gen.column("text").to_pylist(), gen.column("label").to_pylist()
     texts[0] = real_rows.column("text")[7].as_py()  # the generator repeated an input row word for word
     run_dir = io.resolve(str(tmp_path / "run"))
-    cfg = build_config({}, ["quality.label_min_probability=0"])
+    cfg = build_config({}, ["quality.label_min_probability=0", "output.rows_per_part=70"])
+    # The input stays in its folder (three parts): the stage sends a task to each part.
+    write_table(embedded, run_dir.join("embeddings"), cfg, {"kind": "embeddings"})
     gen_loc = run_dir.join("generated")
     write_table(_generated(texts[KEPT:], labels[KEPT:], DROPPED_SCHEMA, drop_reason="too_short"),
                 dropped_location(gen_loc), cfg, {"kind": "generated_dropped"})
     gen_manifest = write_table(_generated(texts[:KEPT], labels[:KEPT], GENERATED_SCHEMA), gen_loc, cfg,
                                {"kind": "generated", "dropped_rows": DROPPED, "failed_checks": {"too_short": DROPPED}})
-    return run_dir, gen_loc, gen_manifest, embedded
+    return run_dir, gen_loc, gen_manifest, FolderRows.of(run_dir.join("embeddings").url, None, "embeddings")
 
 
 def _stage_cfg(run_dir: io.Location, *overrides: str):
@@ -52,8 +56,8 @@ def _stage_cfg(run_dir: io.Location, *overrides: str):
 
 
 def test_marks_reuses_and_refuses_changed_settings(run_inputs):
-    run_dir, gen_loc, gen_manifest, embedded = run_inputs
-    manifest, out = _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, embedded, _stage_cfg(run_dir))
+    run_dir, gen_loc, gen_manifest, real = run_inputs
+    manifest, out = _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, real, _stage_cfg(run_dir))
     reasons = out.column(DROP_REASON).to_pylist()
     assert out.num_rows == KEPT + DROPPED
     assert reasons[0] == "near_copy" and reasons[KEPT:] == ["too_short"] * DROPPED
@@ -61,16 +65,21 @@ def test_marks_reuses_and_refuses_changed_settings(run_inputs):
     assert manifest["failed_checks"]["too_short"] == DROPPED
     assert manifest["kept_rows"] == reasons.count(None)
     assert out.column(io.ROW_ID).to_pylist() == list(range(KEPT + DROPPED))
+    # The per-part tasks' maximum equals one pass over all input rows.
+    real_emb = io.embeddings_from_arrow(io.read_parts(run_dir.join("embeddings")).column(io.EMBEDDING))
+    np.testing.assert_allclose(out.column("nearest_input_cosine").to_numpy(),
+                               near_copy_max_cosine(io.embeddings_from_arrow(out.column(io.EMBEDDING)), real_emb),
+                               rtol=0, atol=1e-6)
 
     # Same settings: the complete folder is read back, not rewritten.
     folder = run_dir.join("generated_embeddings")
     stamps = {p: os.stat(folder.join(p).path).st_mtime_ns for p in manifest["parts"]}
-    again, rows = _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, embedded, _stage_cfg(run_dir))
+    again, rows = _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, real, _stage_cfg(run_dir))
     assert again == manifest and rows.equals(out)
     assert {p: os.stat(folder.join(p).path).st_mtime_ns for p in manifest["parts"]} == stamps
 
     # Another near-copy threshold would mark other rows: the folder is refused, the key named, nothing lost.
     with pytest.raises(InputError, match=r"quality\.near_copy_cosine"):
-        _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, embedded,
+        _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, real,
                                     _stage_cfg(run_dir, "quality.near_copy_cosine=0.9"))
     assert io.read_manifest(folder) == manifest

@@ -319,13 +319,15 @@ def test_score_set_and_real_ceiling(sst2_train, sst2_dev, agnews):
     ag_rows, ag_emb = agnews
     groups = [i // 5 for i in range(120)]
     junk = score_set(ag_emb[:120], ["positive"] * 120, ag_rows.column("text").to_pylist()[:120], reference, train_y,
-                     seed=0, group_ids=groups, input_emb=ag_emb[:10])
+                     seed=0, group_ids=groups,
+                     input_cosine=near_copy_max_cosine(ag_emb[:120], ag_emb[:10]))
     assert junk["two_sample_auc"] >= 0.98 and junk["mauve"] <= 0.1
     assert junk["nearest_real_cosine_median"] < ceiling["nearest_real_cosine_median"]
     assert junk["near_copy_rate"] == pytest.approx(10 / 120)  # the 10 input rows are among the scored ones
     assert junk["within_group_cosine"] == pytest.approx(mean_within_group_cosine(ag_emb[:120], groups))
     assert score_set(ag_emb[:120], ["positive"] * 120, ag_rows.column("text").to_pylist()[:120], reference,
-                     train_y, seed=0, group_ids=groups, input_emb=ag_emb[:10]) == junk
+                     train_y, seed=0, group_ids=groups,
+                     input_cosine=near_copy_max_cosine(ag_emb[:120], ag_emb[:10])) == junk
 
 
 def test_score_set_caps_rows_and_reports_it(sst2_train, monkeypatch):

@@ -15,7 +15,7 @@ from synalign_ray.config import GenerationConfig, SynAlignConfig
 from synalign_ray.errors import InputError
 from synalign_ray.run_folder import RunFolder, settings_for, write_parts
 from synalign_ray.stages.common import stamp, top_reasons
-from synalign_ray.stages.select import read_schedule
+from synalign_ray.stages.select import read_schedule, start_tracker
 
 log = logging.getLogger(__name__)
 
@@ -104,25 +104,6 @@ def _tracker_batches(ray, tracker, n: int) -> Iterator[list[dict[str, Any]]]:
     """Groups as the generators ask for them: the tracker selects each batch when it is taken."""
     while batch := ray.get(tracker.next_groups.remote(n, with_texts=True)):
         yield batch
-
-
-def start_tracker(ray, cfg: SynAlignConfig, embeddings_path: str | None, plan: real_input.RealInput | None):
-    """The tracker actor over the embeddings folder at `embeddings_path` (a location the actor can resolve), or
-    over `plan`'s rows, which it reads and embeds itself; returns it with its load facts."""
-    from synalign_ray.runtime import raise_original
-    from synalign_ray.selection.steps import shard_options
-    from synalign_ray.stages.select import TrackerActor
-
-    tracker = ray.remote(TrackerActor).options(num_cpus=0).remote()
-    shards = shard_options(ray, cfg.selection)
-    try:
-        facts = ray.get(tracker.load.remote(embeddings_path, cfg, **shards) if embeddings_path is not None
-                        else tracker.load_input.remote(plan, cfg, **shards))
-    except Exception as err:
-        ray.kill(tracker)
-        raise_original(err)
-        raise
-    return tracker, facts
 
 
 def check_generated_rows(manifest: dict[str, Any]) -> None:

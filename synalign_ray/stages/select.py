@@ -95,20 +95,32 @@ class TrackerActor:
         return self._tracker.state_bytes(used)
 
 
-def _schedule_on_actors(cfg: SynAlignConfig, embedded_path: str, log_every_s: float = 10.0) -> tuple[pa.Table, int]:
-    """The schedule from a TrackerActor and its `selection.num_shards` shard actors: (schedule, real rows)."""
-    from synalign_ray.runtime import raise_original, ray_session
-    from synalign_ray.selection.schedule import DRAIN_BATCH, groups_to_table
+def start_tracker(ray, cfg: SynAlignConfig, embeddings_path: str | None, plan: RealInput | None):
+    """The tracker actor over the embeddings folder at `embeddings_path` (a location the actor can resolve), or
+    over `plan`'s rows, which it reads and embeds itself; returns it with its load facts."""
+    from synalign_ray.runtime import raise_original
     from synalign_ray.selection.steps import shard_options
 
+    tracker = ray.remote(TrackerActor).options(num_cpus=0).remote()
+    shards = shard_options(ray, cfg.selection)
+    try:
+        facts = ray.get(tracker.load.remote(embeddings_path, cfg, **shards) if embeddings_path is not None
+                        else tracker.load_input.remote(plan, cfg, **shards))
+    except Exception as err:
+        ray.kill(tracker)
+        raise_original(err)
+        raise
+    return tracker, facts
+
+
+def _schedule_on_actors(cfg: SynAlignConfig, embedded_path: str, log_every_s: float = 10.0) -> tuple[pa.Table, int]:
+    """The schedule from a TrackerActor and its `selection.num_shards` shard actors: (schedule, real rows)."""
+    from synalign_ray.runtime import ray_session
+    from synalign_ray.selection.schedule import DRAIN_BATCH, groups_to_table
+
     with ray_session(cfg.resources) as ray:
-        tracker = ray.remote(TrackerActor).options(num_cpus=0).remote()
+        tracker, facts = start_tracker(ray, cfg, embedded_path, None)
         try:
-            try:
-                facts = ray.get(tracker.load.remote(embedded_path, cfg, **shard_options(ray, cfg.selection)))
-            except Exception as err:
-                raise_original(err)
-                raise
             log.info("the tracker actor read %d rows from %s; selecting %d group(s) on %d shard actor(s)",
                      facts["rows"], embedded_path, facts["groups_planned"], cfg.selection.num_shards)
             groups: list[dict] = []

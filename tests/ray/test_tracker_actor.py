@@ -79,7 +79,7 @@ def test_generate_stage_tracker_with_shard_actors_gives_the_in_process_schedule(
     from synalign_ray.config import build_config
     from synalign_ray.quality import copy_keys
     from synalign_ray.stages.common import write_table
-    from synalign_ray.stages.generate import start_tracker
+    from synalign_ray.stages.select import start_tracker
 
     rows, emb = real_embeddings("agnews_dev.parquet", N_ROWS, 0)
     labels = rows.column("label").to_pylist()
@@ -110,7 +110,7 @@ def test_generate_tracker_reads_and_embeds_the_input_itself(ray_local, tmp_path)
 
     from synalign_ray.config import build_config
     from synalign_ray.real_input import plan_input
-    from synalign_ray.stages.generate import start_tracker
+    from synalign_ray.stages.select import start_tracker
     from tests.conftest import sample_rows
 
     rows = sample_rows("sst2_dev.parquet", 120, seed=1)

@@ -117,13 +117,15 @@ def cached_embeddings(name: str) -> tuple[pa.Table, np.ndarray]:
 
 class PeakRSS:
     """Samples the resident memory of this process and all its descendants (Ray workers included), or with
-    `driver_only` of this process alone."""
+    `driver_only` of this process alone. With `proportional` each process counts its proportional set size (a page
+    shared by n processes, such as Ray's object store, counts 1/n in each), so the sum is the memory in use."""
 
-    def __init__(self, interval: float = 0.2, driver_only: bool = False):
+    def __init__(self, interval: float = 0.2, driver_only: bool = False, proportional: bool = False):
         import psutil
 
         self.proc = psutil.Process()
         self.driver_only = driver_only
+        self.proportional = proportional
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
@@ -133,7 +135,7 @@ class PeakRSS:
         total = 0
         for p in [self.proc, *([] if self.driver_only else self.proc.children(recursive=True))]:
             try:
-                total += p.memory_info().rss
+                total += p.memory_full_info().pss if self.proportional else p.memory_info().rss
             except Exception:  # a worker exited between listing and reading
                 pass
         return total

@@ -15,7 +15,8 @@ displaced by seeded Gaussian jitter of JITTER per coordinate·√d (norm ≈ JIT
 --thresholds: where `threshold` stops on AG News dev and SST-2 train.
 --partition-sweep: on SST-2 train, the partitioned engine's k-NN-radius coverage over partition_rows, against exact.
 --hull-maps SEEDS: on SST-2 train, hull coverage of the max-variance schedules over several t-SNE maps (map noise).
---scale ROWS,GROUPS --shards 1,2: the same selection with its partitions on K Ray shard actors of one CPU each.
+--scale ROWS,GROUPS --shards 1,2: the same selection with its rows in K block actors and its partitions on K Ray
+shard actors of one CPU each (as `synalign run` builds them), with the memory of all processes.
 
 Run: python jobs/benchmarks/benchmark_selection_scale.py --coverage --scope --thresholds --scale 250000,5000;
 prints tables, asserts nothing.
@@ -292,34 +293,70 @@ def scale(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows:
 
 def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows: int,
                   shard_counts: list[int]) -> None:
-    """The same selection with its partitions on K shard actors of one CPU each (the per-label GPs placed whole on
-    shards, so different labels' groups are computed at once): time per group at each K against K = the first."""
+    """The same selection as the tracker actor of `synalign run` builds it: the tiled rows written once as an
+    embeddings folder, K RowBlock actors each reading its row-id range, the partitions on K shard actors of one CPU
+    each (they receive their rows from the blocks), the coordinator here holding positions, labels and per-row
+    scalars. Time per group at each K against K = the first, the tracker's memory growth in this process, and the
+    peak memory of all processes (Ray's included), summed as proportional set sizes so that the object store's
+    shared pages count once."""
+    import psutil
+    import pyarrow as pa
     import ray
 
+    from synalign_ray import io
+    from synalign_ray.alignment.rows import FolderRows, id_ranges
+    from synalign_ray.config import build_config
+    from synalign_ray.selection.blocks import RowBlock, block_ranges
+    from synalign_ray.selection.steps import ActorShard, call_shard
+    from synalign_ray.stages.common import write_table
+
     emb, labels = tiled_embeddings(rows)
+    folder = CACHE / f"tiled-{rows}"
+    if io.read_manifest(io.resolve(str(folder))) is None:
+        table = pa.table({io.ROW_ID: pa.array(np.arange(rows)), "label": pa.array(labels),
+                          io.EMBEDDING: io.embeddings_to_arrow(emb)})
+        write_table(table, io.resolve(str(folder)), build_config({}, ["output.rows_per_part=50000"]),
+                    {"kind": "embeddings", "dim": emb.shape[1]})
+        del table
+    emb_bytes = emb.nbytes
+    del emb  # from here on the rows are only in the folder, the block actors and the shard actors
+    source = FolderRows.of(str(folder), None, "embeddings")
     cfg = SelectionConfig(max_groups=groups, threshold=1e-6, engine="partitioned", partition_rows=partition_rows,
                           rule=rule, inducing_rows=inducing_rows)
     ray.init(num_cpus=max(shard_counts), include_dashboard=False, log_to_driver=False)
+    block_class = ray.remote(RowBlock).options(num_cpus=0)
     print(f"\n## shard actors: {rows:,} rows (tiled as --scale), {groups:,} groups, rule {rule}, partition_rows "
-          f"{partition_rows}, inducing_rows {inducing_rows}; each shard an actor of 1 CPU (1 BLAS thread), the "
-          f"coordinator in the driver\n")
-    print("| shard actors K | setup s | selection s | per group ms | per group vs K = first | same schedule |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"{partition_rows}, inducing_rows {inducing_rows}; the rows in K block actors, the partitions on K shard "
+          f"actors of 1 CPU (1 BLAS thread) each, the coordinator in the driver; the rows read from an embeddings "
+          f"folder ({emb_bytes / 2**30:.2f} GiB of float32)\n")
+    print("| shard actors K | setup s | selection s | per group ms | per group vs K = first | same schedule | "
+          "tracker growth in the driver GiB | peak memory, all processes (PSS) GiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     first, reference = None, None
     for k in shard_counts:
-        start = time.perf_counter()
-        tracker = SelectionTracker(emb, labels.tolist(), np.arange(rows), cfg, num_shards=k,
-                                   make_shard=actor_shards(ray, num_cpus=1))
-        tracker.progress()  # the shards' replies to the constructor's tops() are in
-        setup = time.perf_counter() - start
-        schedule = []
-        while batch := tracker.next_groups(256):
-            schedule.extend(tuple(g["demo_row_ids"]) for g in batch)
-        per_group = (time.perf_counter() - start - setup) / len(schedule)
+        with PeakRSS(interval=1.0, proportional=True) as peak:
+            before = psutil.Process().memory_info().rss
+            start = time.perf_counter()
+            ranges = block_ranges(rows, k)
+            blocks = [ActorShard(block_class.remote()) for _ in ranges]
+            for reply in [call_shard(block, "load", source.slice(*span), lo)
+                          for block, span, (lo, _) in zip(blocks, id_ranges(np.arange(rows), ranges), ranges)]:
+                reply.result()
+            tracker = SelectionTracker(blocks, labels.tolist(), np.arange(rows), cfg, num_shards=k,
+                                       make_shard=actor_shards(ray, num_cpus=1))
+            del blocks  # the shards hold their rows now: the block actors exit
+            tracker.progress()  # the shards' replies to the constructor's tops() are in
+            setup = time.perf_counter() - start  # reading the folder included
+            growth = psutil.Process().memory_info().rss - before
+            schedule = []
+            while batch := tracker.next_groups(256):
+                schedule.extend(tuple(g["demo_row_ids"]) for g in batch)
+            per_group = (time.perf_counter() - start - setup) / len(schedule)
         first = first or per_group
         reference = reference or schedule
         print(f"| {k} | {setup:.1f} | {per_group * len(schedule):.1f} | {1e3 * per_group:.2f} | "
-              f"{per_group / first:.3f} | {schedule == reference} |")
+              f"{per_group / first:.3f} | {schedule == reference} | {growth / 2**30:.2f} | {peak.peak / 2**30:.2f} |",
+              flush=True)
         del tracker
     ray.shutdown()
 

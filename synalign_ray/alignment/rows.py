@@ -57,6 +57,25 @@ class FolderRows:
             table = table.filter(pc.is_null(table.column(self.kept_column)))
         return table
 
+    def may_hold(self, part: str, first_id: int, last_id: int) -> bool:
+        """False when the part's footer statistics put all its row ids outside [first_id, last_id]: a shard then skips
+        the part instead of reading it (parts hold contiguous id ranges, so a shard reads about its own share)."""
+        loc = io.resolve(self.url, self.storage)
+        path = loc.join(part).path
+        with io.reading(loc, path, "parquet", self.storage), loc.fs.open(path, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+        leaves = [meta.schema.column(i).path for i in range(meta.num_columns)]
+        if io.ROW_ID not in leaves:
+            return True
+        column = leaves.index(io.ROW_ID)
+        for group in range(meta.num_row_groups):
+            stats = meta.row_group(group).column(column).statistics
+            if stats is None or not stats.has_min_max or not isinstance(stats.min, int):
+                return True
+            if stats.min <= last_id and stats.max >= first_id:
+                return True
+        return False
+
     def schema(self) -> pa.Schema:
         """The stored schema, from the first part's footer."""
         loc = io.resolve(self.url, self.storage)
@@ -108,6 +127,8 @@ class FolderSlice:
         pieces = []
         if self.first_id is not None:
             for part in src.parts:
+                if not src.may_hold(part, self.first_id, self.last_id):
+                    continue
                 table = src.read_part(part)
                 ids = table.column(io.ROW_ID)
                 inside = pc.and_(pc.greater_equal(ids, self.first_id), pc.less_equal(ids, self.last_id))

@@ -1,5 +1,5 @@
-"""GPs on partitions of the real rows: bounded-size partitions by balanced 2-means bisection, and the shard that holds
-some of them (their GPs, availability and neighbour search) for the selection tracker to coordinate.
+"""GPs on partitions of the real rows (blocks.bisect cuts them): the shard that holds some of them (their GPs,
+availability and neighbour search) for the selection tracker to coordinate.
 
 Pure numpy/scipy; a shard is a plain class that a caller may wrap with `ray.remote` to spread partitions over actors.
 """
@@ -14,38 +14,7 @@ from scipy.linalg.lapack import dtrtri
 
 from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, Kernel, cross_kernel
 
-LLOYD_ITERATIONS = 5  # 2-means steps per bisection: they only orient the cut, the median makes it balanced
 INDUCING_JITTER = 1e-6  # on κ(Z, Z)'s diagonal: near-duplicate inducing rows would make it singular
-
-
-def bisect_partitions(points: np.ndarray, rows: np.ndarray, max_rows: int, seed: int) -> list[np.ndarray]:
-    """`rows` split into parts of at most `max_rows` rows (each more than max_rows // 2), sorted positions each.
-
-    A part too large is cut in two at the median of its projection onto the axis between its two 2-means centroids
-    (seeded initial centroids, LLOYD_ITERATIONS steps): compact like k-means, balanced like a median split, so the
-    partition sizes, and with them the GP state per partition, stay bounded. Deterministic for a given seed.
-    """
-    rng = np.random.default_rng(seed)
-    rows = np.sort(np.asarray(rows, dtype=np.int64))
-    stack, parts = [rows], []
-    while stack:
-        part = stack.pop()
-        if part.shape[0] <= max_rows:
-            parts.append(part)
-            continue
-        x = points[part]
-        centroids = x[rng.choice(part.shape[0], size=2, replace=False)]
-        for _ in range(LLOYD_ITERATIONS):
-            # nearest centroid by ‖x − c‖² up to the common ‖x‖² term
-            nearer_second = x @ (centroids[1] - centroids[0]) > 0.5 * (centroids[1] @ centroids[1]
-                                                                        - centroids[0] @ centroids[0])
-            if nearer_second.all() or not nearer_second.any():
-                break
-            centroids = np.stack([x[~nearer_second].mean(axis=0), x[nearer_second].mean(axis=0)])
-        order = np.argsort(x @ (centroids[1] - centroids[0]), kind="stable")
-        half = part.shape[0] // 2
-        stack.extend([np.sort(part[order[half:]]), np.sort(part[order[:half]])])
-    return parts
 
 
 def inducing_features(points: np.ndarray, inducing: np.ndarray, kernel: Kernel, tau: float) -> np.ndarray:
@@ -104,13 +73,26 @@ class PartitionShard:
     row positions are global throughout.
     """
 
-    def __init__(self, partitions: dict[int, dict[str, Any]], k: int, kernel: Kernel, tau: float, noise: float):
-        """`partitions`: pid → {"rows", "points", "labels", "weights" (None for the max-variance rule), "capacity",
-        "sync_rows", "growth" (the last three as IncrementalGP takes them), optionally "unit" and "features"}."""
+    def __init__(self, *row_parts: tuple[np.ndarray, np.ndarray], partitions: dict[int, dict[str, Any]], k: int,
+                 kernel: Kernel, tau: float, noise: float, inducing: dict[int, np.ndarray] | None = None):
+        """`partitions`: pid → {"rows" (global positions), "labels", "weights" (None for the max-variance rule),
+        "capacity", "sync_rows", "growth" (the last three as IncrementalGP takes them), "unit", and "points" (the
+        rows' unit embeddings) unless `row_parts` bring them: (positions, unit rows) pairs from the row blocks, which
+        reach a shard actor without passing through the tracker. `inducing`: unit → its inducing rows; a partition
+        of such a unit gets their Nyström features (inducing_features), computed here."""
         self.k = k
+        if row_parts:
+            positions = np.concatenate([p for p, _ in row_parts])
+            points = np.concatenate([x for _, x in row_parts])
+            order = np.argsort(positions)
+            for p in partitions.values():
+                p.setdefault("points", points[order[np.searchsorted(positions, p["rows"], sorter=order)]])
+            del positions, points
+        inducing = inducing or {}
         self._parts = {pid: _Partition(p["rows"], p["points"], np.asarray(p["labels"]), p["weights"], kernel, tau,
-                                       noise, p["capacity"], p["sync_rows"], p["growth"], p.get("unit", 0),
-                                       p.get("features"))
+                                       noise, p["capacity"], p["sync_rows"], p["growth"], p["unit"],
+                                       None if p["unit"] not in inducing else inducing_features(
+                                           p["points"], inducing[p["unit"]], kernel, tau).astype(np.float32))
                        for pid, p in partitions.items()}
         # unit → [Λ, the inverse of its Cholesky factor or None when stale, blocks applied], for the units with
         # inducing features

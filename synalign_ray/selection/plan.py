@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 # tau: auto = AUTO_TAU_FACTOR × median pairwise distance of AUTO_TAU_SAMPLE seeded rows (see jobs/studies/measure_coverage.py).
 AUTO_TAU_FACTOR = 0.5
 AUTO_TAU_SAMPLE = 2_000
-# rule: density_weighted (see density_weights; constants chosen by jobs/benchmarks/benchmark_selection_scale.py).
+# rule: density_weighted (see raw_density; constants chosen by jobs/benchmarks/benchmark_selection_scale.py).
 DENSITY_SAMPLE = 1000
 DENSITY_BANDWIDTH = 0.5
 DENSITY_POWER = 1.0
@@ -53,23 +53,40 @@ def plan_quotas(label_counts: dict[Any, int], max_groups: int, budget: str, k: i
     return {l: int(min(q, label_counts[l] // (k + 1))) for l, q in zip(labels, quotas)}
 
 
+def check_points(embeddings: np.ndarray, first_row: int = 0) -> None:
+    """Raise on embeddings no GP can use: not a 2-D float array, NaN, infinite or all-zero rows (named counting
+    from `first_row`, the rows' position in the whole input)."""
+    if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2:
+        raise InputError(f"embeddings must be a 2-D array (rows × dim), got shape {getattr(embeddings, 'shape', None)}")
+    if not np.issubdtype(embeddings.dtype, np.floating):
+        raise InputError(f"embeddings must be floating point, got dtype {embeddings.dtype}")
+    finite = np.isfinite(embeddings).all(axis=1)
+    if not finite.all():
+        raise InputError(f"embeddings hold NaN or infinite values (first at row {first_row + int(np.argmin(finite))})")
+    norms = np.linalg.norm(embeddings, axis=1)
+    if (norms == 0).any():
+        raise InputError(f"embedding of row {first_row + int(np.argmax(norms == 0))} is all zeros: it has no "
+                         "direction")
+
+
 def check_inputs(embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
-              cfg: SelectionConfig) -> dict[str, int]:
+                 cfg: SelectionConfig) -> dict[str, int]:
     """Raise on input no selection can use; return the labels too small for one group (label → rows), skipped."""
     if not isinstance(cfg, SelectionConfig):
         raise ConfigError(f"selection config must be a SelectionConfig, got {type(cfg).__name__}")
     if not isinstance(embeddings, np.ndarray) or embeddings.ndim != 2 or embeddings.shape[0] == 0:
         shape = getattr(embeddings, "shape", None)
         raise InputError(f"embeddings must be a non-empty 2-D array (rows × dim), got shape {shape}")
-    if not np.issubdtype(embeddings.dtype, np.floating):
-        raise InputError(f"embeddings must be floating point, got dtype {embeddings.dtype}")
-    n = embeddings.shape[0]
-    finite = np.isfinite(embeddings).all(axis=1)
-    if not finite.all():
-        raise InputError(f"embeddings hold NaN or infinite values (first at row {int(np.argmin(finite))})")
-    norms = np.linalg.norm(embeddings, axis=1)
-    if (norms == 0).any():
-        raise InputError(f"embedding of row {int(np.argmax(norms == 0))} is all zeros: it has no direction")
+    check_points(embeddings)
+    return check_rows(embeddings.shape[0], labels, row_ids, cfg)
+
+
+def check_rows(n: int, labels: list[str] | None, row_ids: np.ndarray, cfg: SelectionConfig) -> dict[str, int]:
+    """check_inputs without the embeddings themselves (n rows), for rows that blocks hold and check as they load."""
+    if not isinstance(cfg, SelectionConfig):
+        raise ConfigError(f"selection config must be a SelectionConfig, got {type(cfg).__name__}")
+    if n == 0:
+        raise InputError("no rows to select from")
     if len(row_ids) != n:
         raise InputError(f"row_ids has {len(row_ids)} entries for {n} embeddings")
     if len(np.unique(np.asarray(row_ids))) != n:
@@ -109,14 +126,16 @@ def stop_variance(cfg: SelectionConfig) -> float:
     return floor + cfg.threshold * (1.0 - floor)
 
 
-def density_weights(unit: np.ndarray, rows: np.ndarray, kernel: str, tau: float, seed: int) -> np.ndarray:
-    """Local density of each of `rows` among them, scaled to a largest value of 1: the mean kernel value κ_d to a
-    seeded sample of DENSITY_SAMPLE of the rows, κ_d the GP's kernel at DENSITY_BANDWIDTH × τ, raised to DENSITY_POWER.
-
-    Cost len(rows) × DENSITY_SAMPLE × d per label: a shard can compute it from the sample alone.
-    """
+def density_sample(rows: np.ndarray, seed: int) -> np.ndarray:
+    """The density_weighted rule's reference rows for a label: a seeded sorted sample of DENSITY_SAMPLE of `rows`."""
     rng = np.random.default_rng(seed)
-    sample = unit[np.sort(rng.choice(rows, size=min(DENSITY_SAMPLE, rows.shape[0]), replace=False))]
+    return np.sort(rng.choice(rows, size=min(DENSITY_SAMPLE, rows.shape[0]), replace=False))
+
+
+def raw_density(unit: np.ndarray, rows: np.ndarray, sample: np.ndarray, kernel: str, tau: float) -> np.ndarray:
+    """Local density of each of `unit[rows]`: the mean kernel value κ_d to the `sample` rows (density_sample), κ_d
+    the GP's kernel at DENSITY_BANDWIDTH × τ. Cost len(rows) × DENSITY_SAMPLE × d: whoever holds the rows computes it
+    from the sample alone."""
     sample_sq = np.einsum("ij,ij->i", sample, sample)
     density = np.empty(rows.shape[0])
     # float32 distances: a density estimate needs no better, and this is the one N-sized product of the rule
@@ -126,8 +145,12 @@ def density_weights(unit: np.ndarray, rows: np.ndarray, kernel: str, tau: float,
         np.maximum(sq, 0.0, out=sq)
         density[start:start + block.shape[0]] = kernel_from_sq_dist(sq, kernel, DENSITY_BANDWIDTH * tau,
                                                                     overwrite=True).mean(axis=1)
-    density /= density.max()
-    return density ** DENSITY_POWER
+    return density
+
+
+def density_weights(density: np.ndarray) -> np.ndarray:
+    """A label's weights from its rows' raw_density: scaled to a largest value of 1, raised to DENSITY_POWER."""
+    return (density / density.max()) ** DENSITY_POWER
 
 
 def state_bytes_needed(unit_rows: list[int], unit_selected: list[int], engine: str, partition_rows: int,

@@ -20,6 +20,14 @@ def call_shard(shard: Any, method: str, *args) -> Future:
     return done
 
 
+def call_ref(shard: Any, method: str, *args) -> Any:
+    """A shard's answer to pass on as another shard's argument: an ActorShard's unfetched object reference (Ray hands
+    it to the receiving actor directly), an in-process shard's value."""
+    if isinstance(shard, ActorShard):
+        return getattr(shard.handle, method).remote(*args)
+    return getattr(shard, method)(*args)
+
+
 def run_step(step: Generator) -> Any:
     """Drive one step to its end, waiting on each of its calls in turn; its return value."""
     replies = None
@@ -79,17 +87,26 @@ class ActorShard:
     answer, so the tracker can wait on several shards at once. No Ray import: the handle brings it."""
 
     def __init__(self, handle):
-        self._handle = handle
+        self.handle = handle
 
     def __getattr__(self, method: str) -> Callable[..., Future]:
-        remote = getattr(self._handle, method)
+        remote = getattr(self.handle, method)
         return lambda *args: remote.remote(*args).future()
 
 
 def actor_shards(ray, **options) -> Callable[..., ActorShard]:
-    """A `make_shard` factory: each shard a PartitionShard in its own Ray actor (`options` as actor options)."""
+    """A `make_shard` factory: each shard a PartitionShard in its own Ray actor (`options` as actor options); its
+    positional arguments (row blocks' object references) are resolved in the actor."""
     actor_class = ray.remote(PartitionShard).options(**options)
-    return lambda **kwargs: ActorShard(actor_class.remote(**kwargs))
+    return lambda *row_parts, **kwargs: ActorShard(actor_class.remote(*row_parts, **kwargs))
+
+
+def actor_blocks(ray, **options) -> Callable[[], ActorShard]:
+    """A factory of empty RowBlocks (blocks.py), each in its own Ray actor, to `load` from a folder slice."""
+    from synalign_ray.selection.blocks import RowBlock
+
+    actor_class = ray.remote(RowBlock).options(**options)
+    return lambda: ActorShard(actor_class.remote())
 
 
 def shard_options(ray, cfg: SelectionConfig) -> dict[str, Any]:

@@ -13,10 +13,13 @@ import numpy as np
 from synalign_ray.config import SelectionConfig
 from synalign_ray.errors import ConfigError
 from synalign_ray.selection.gp import SYNC_ROWS, TIE_TOLERANCE
-from synalign_ray.selection.partitions import PartitionShard, bisect_partitions, inducing_features
-from synalign_ray.selection.plan import (PARTITION_GROWTH, auto_tau, check_inputs, density_weights, place_partitions,
-                                         plan_quotas, resolve_engine, stop_variance)
-from synalign_ray.selection.steps import StepRunner, call_shard, run_step
+from synalign_ray.metrics import median_sample
+from synalign_ray.selection.blocks import RowBlock, bisect, gather, split_by_block
+from synalign_ray.selection.partitions import PartitionShard
+from synalign_ray.selection.plan import (AUTO_TAU_SAMPLE, PARTITION_GROWTH, auto_tau, check_inputs, check_rows,
+                                         density_sample, density_weights, place_partitions, plan_quotas,
+                                         resolve_engine, stop_variance)
+from synalign_ray.selection.steps import StepRunner, call_ref, call_shard, run_step
 
 # Pending rows before a partition writes V for all its rows. A partition is small, so writing often is cheap, and
 # with nothing pending the next anchor is a plain argmax of the bounds (jobs/benchmarks/benchmark_selection_scale.py measured it).
@@ -39,7 +42,7 @@ class SelectionTracker:
 
     GP state: `gp_scope: per_label` keeps one GP per label (a group lowers only its own label's variances, the rows
     its prompts saw); `shared` one over all rows. `engine: exact` holds each scope unit in one IncrementalGP;
-    `partitioned` cuts units of more than `partition_rows` rows into partitions (bisect_partitions), each a GP over
+    `partitioned` cuts units of more than `partition_rows` rows into partitions (blocks.bisect), each a GP over
     its own rows, and draws neighbours from the anchor's partition. Across partitions the kernel acts through the
     Nyström features of `inducing_rows` seeded rows of the unit (the PIC prior, see PartitionShard), or not at all
     with inducing_rows 0 (a group then lowers variances in its own partition only). The partitions live in
@@ -49,17 +52,27 @@ class SelectionTracker:
     shards with their next call.
     """
 
-    def __init__(self, embeddings: np.ndarray, labels: list[str] | None, row_ids: np.ndarray,
+    def __init__(self, embeddings: np.ndarray | list, labels: list[str] | None, row_ids: np.ndarray,
                  cfg: SelectionConfig, num_shards: int = 1,
                  make_shard: Callable[..., Any] = PartitionShard):
-        self.skipped_labels = check_inputs(embeddings, labels, row_ids, cfg)
+        """`embeddings`: the (N, d) rows in row order, or the RowBlocks that hold them (blocks.py: consecutive
+        positions, in this process or as ActorShards). Built from blocks, the tracker holds only positions, labels
+        and per-row scalars; actor-held blocks hand each shard its partitions' rows directly."""
+        if isinstance(embeddings, np.ndarray):
+            self.skipped_labels = check_inputs(embeddings, labels, row_ids, cfg)
+            blocks, sizes = [RowBlock(embeddings)], [embeddings.shape[0]]
+        else:
+            blocks = list(embeddings)
+            sizes = [reply.result() for reply in [call_shard(block, "size") for block in blocks]]
+            self.skipped_labels = check_rows(sum(sizes), labels, row_ids, cfg)
+        del embeddings
+        starts = np.cumsum([0] + sizes[:-1])
         self.cfg = cfg
-        norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-        unit = np.ascontiguousarray(embeddings / norms, dtype=np.float32)
         self._labels = None if labels is None else [str(l) for l in labels]
         self._row_ids = np.asarray(row_ids)
-        self.tau = auto_tau(unit, cfg.seed) if cfg.tau == "auto" else float(cfg.tau)
-        n = unit.shape[0]
+        n = self._row_ids.shape[0]
+        self.tau = (auto_tau(gather(blocks, starts, median_sample(n, AUTO_TAU_SAMPLE, cfg.seed)), cfg.seed)
+                    if cfg.tau == "auto" else float(cfg.tau))
         self._rank = np.random.default_rng(cfg.seed).permutation(n)
         # Internally an unlabelled input is one label "" (schedule rows say None).
         label_arr = np.full(n, "", dtype=object) if self._labels is None else np.asarray(self._labels, dtype=object)
@@ -74,33 +87,46 @@ class SelectionTracker:
         if cfg.rule == "density_weighted":
             weights = np.zeros(n)
             for l, rows in label_rows.items():
-                weights[rows] = density_weights(unit, rows, cfg.kernel, self.tau, cfg.seed)
-        partitions = []
+                sample = gather(blocks, starts, density_sample(rows, cfg.seed))
+                raw = [call_shard(blocks[b], "density", sub, sample, cfg.kernel, self.tau)
+                       for b, sub in split_by_block(rows, starts)]
+                weights[rows] = density_weights(np.concatenate([r.result() for r in raw]))
+        partitions, inducing = [], {}
         for unit_id, (rows, selected) in enumerate(zip(unit_rows, unit_selected)):
-            parts = ([rows] if self.engine == "exact"
-                     else bisect_partitions(unit, rows, cfg.partition_rows, cfg.seed))
-            inducing = None
+            parts = ([rows] if self.engine == "exact" else bisect(blocks, starts, rows, cfg.partition_rows, cfg.seed))
             if len(parts) > 1 and cfg.inducing_rows:
                 pick = np.random.default_rng(cfg.seed).choice(rows.shape[0], size=min(cfg.inducing_rows, len(rows)),
                                                               replace=False)
-                inducing = unit[rows[np.sort(pick)]]
+                inducing[unit_id] = gather(blocks, starts, rows[np.sort(pick)])
             for part in parts:
                 # An exact unit's V holds its planned rows; a partition's starts at its share and grows if its
                 # region draws more groups.
                 capacity = (selected if len(parts) == 1
                             else min(part.shape[0], math.ceil(selected * part.shape[0] / len(rows))))
-                partitions.append({"rows": part, "points": unit[part], "labels": label_arr[part].astype(str),
+                partitions.append({"rows": part, "labels": label_arr[part].astype(str),
                                    "weights": None if weights is None else weights[part], "capacity": capacity,
                                    "sync_rows": SYNC_ROWS if len(parts) == 1 else PARTITION_SYNC_ROWS,
-                                   "growth": PARTITION_GROWTH, "unit": unit_id,
-                                   "features": None if inducing is None else inducing_features(
-                                       unit[part], inducing, cfg.kernel, self.tau).astype(np.float32)})
-        del unit
+                                   "growth": PARTITION_GROWTH, "unit": unit_id})
         self.n_partitions = len(partitions)
         self._shard_of = place_partitions([p["unit"] for p in partitions], unit_selected, num_shards)
         by_shard = [{pid: p for pid, p in enumerate(partitions) if self._shard_of[pid] == s} for s in range(num_shards)]
-        self._shards = [make_shard(partitions=parts, k=cfg.k, kernel=cfg.kernel, tau=self.tau, noise=cfg.noise)
-                        for parts in by_shard]
+        # Blocks in this process give each partition its rows here; actor-held blocks send a shard actor its rows
+        # themselves (call_ref: the reply is never fetched here). Dropping the blocks afterwards frees their rows.
+        local = all(isinstance(block, RowBlock) for block in blocks)
+        self._shards = []
+        for parts in by_shard:
+            if local:
+                for p in parts.values():
+                    p["points"] = gather(blocks, starts, p["rows"])
+                row_parts = []
+            else:
+                held = np.sort(np.concatenate([p["rows"] for p in parts.values()])) if parts else np.zeros(0, int)
+                row_parts = [call_ref(blocks[b], "rows", sub) for b, sub in split_by_block(held, starts)]
+            self._shards.append(make_shard(*row_parts, partitions=parts, k=cfg.k, kernel=cfg.kernel, tau=self.tau,
+                                           noise=cfg.noise,
+                                           inducing={u: z for u, z in inducing.items()
+                                                     if any(p["unit"] == u for p in parts.values())}))
+        del blocks, by_shard
         # label → pid → (best score, tied global rows, largest variance, the unit's version it was computed at);
         # refreshed for the partition that just received a group, and (inducing features) lazily for the others.
         self._tops: dict[str, dict[int, tuple[float, np.ndarray, float, int]]] = {l: {} for l in label_rows}
@@ -113,6 +139,7 @@ class SelectionTracker:
         self._applied = [{u: 0 for u in range(len(units))} for _ in self._shards]
         self._unit_shards = {u: {self._shard_of[pid] for pid, p in enumerate(partitions) if p["unit"] == u}
                              for u in range(len(units))}
+        del partitions
         for reply in [call_shard(shard, "tops") for shard in self._shards]:
             for pid, tops in reply.result().items():
                 self._store_tops(pid, tops)

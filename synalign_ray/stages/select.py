@@ -44,15 +44,40 @@ class TrackerActor:
         self._texts: pa.Table | None = None
         self._position: dict[int, int] = {}
 
-    def load(self, embedded_path: str, cfg: SynAlignConfig, **shards) -> dict[str, Any]:
-        """Track the rows of a completed embeddings folder."""
-        table, emb, manifest = read_embedded(embedded_path, cfg)
-        return self._start(table, emb, manifest.get("text_column") or cfg.data.text_column, cfg, embedded_path,
-                           shards)
+    def load(self, embedded_path: str, cfg: SynAlignConfig, make_block=None, **shards) -> dict[str, Any]:
+        """Track the rows of a completed embeddings folder. With `make_block` (steps.actor_blocks) the embeddings
+        stay out of this process: it scans row ids, texts and labels, and each of `num_shards` block actors reads
+        its own range of row ids, from which the shard actors receive their partitions' rows."""
+        if make_block is None:
+            table, emb, manifest = read_embedded(embedded_path, cfg)
+            return self._start(table, emb, manifest.get("text_column") or cfg.data.text_column, cfg, embedded_path,
+                               shards)
+        from synalign_ray.alignment.rows import FolderRows, id_ranges
+        from synalign_ray.selection.blocks import block_ranges
+        from synalign_ray.selection.steps import call_shard
 
-    def load_input(self, plan: RealInput, cfg: SynAlignConfig, **shards) -> dict[str, Any]:
+        manifest = output_manifest(embedded_path, cfg.storage, what="embeddings")
+        if manifest is None or manifest.get("kind") != "embeddings":
+            raise InputError(f"{embedded_path} is not a completed `synalign embed` output")
+        text_column = manifest.get("text_column") or cfg.data.text_column
+        _check_label_column(manifest.get("columns", []), cfg, embedded_path)
+        rows = FolderRows(embedded_path, tuple(manifest["parts"]), cfg.storage)
+        table = rows.scan([text_column] + ([cfg.data.label_column] if cfg.data.label_column else []))
+        ids = table.column(io.ROW_ID).to_numpy()
+        ranges = block_ranges(table.num_rows, shards["num_shards"])
+        blocks = [make_block() for _ in ranges]
+        loads = [call_shard(block, "load", rows.slice(*span), lo)
+                 for block, span, (lo, _) in zip(blocks, id_ranges(ids, ranges), ranges)]
+        for (lo, hi), reply in zip(ranges, loads):
+            if reply.result() != hi - lo:
+                raise InputError(f"{embedded_path}: rows {lo}..{hi - 1} read {reply.result()} embedding(s) for "
+                                 f"{hi - lo} row ids: did the folder change while it was read?")
+        facts = self._start(table, blocks, text_column, cfg, embedded_path, shards)
+        return {**facts, "blocks": [hi - lo for lo, hi in ranges]}
+
+    def load_input(self, plan: RealInput, cfg: SynAlignConfig, make_block=None, **shards) -> dict[str, Any]:
         """Track the rows of a checked input (real_input.plan_input), read and embedded on the encoder pool from
-        here."""
+        here (so they are in this process already: no block actors)."""
         from synalign_ray.real_input import iter_real_rows
         from synalign_ray.stages.embed import embed_rows
 
@@ -61,7 +86,7 @@ class TrackerActor:
         return self._start(table, io.embeddings_from_arrow(table.column(io.EMBEDDING)), cfg.data.text_column, cfg,
                            plan.url, shards)
 
-    def _start(self, table: pa.Table, emb: np.ndarray, text_column: str, cfg: SynAlignConfig, where: str,
+    def _start(self, table: pa.Table, emb: np.ndarray | list, text_column: str, cfg: SynAlignConfig, where: str,
                shards: dict[str, Any]) -> dict[str, Any]:
         from synalign_ray.selection.tracker import SelectionTracker
 
@@ -99,10 +124,14 @@ def start_tracker(ray, cfg: SynAlignConfig, embeddings_path: str | None, plan: R
     """The tracker actor over the embeddings folder at `embeddings_path` (a location the actor can resolve), or
     over `plan`'s rows, which it reads and embeds itself; returns it with its load facts."""
     from synalign_ray.runtime import raise_original
-    from synalign_ray.selection.steps import shard_options
+    from synalign_ray.selection.steps import actor_blocks, shard_options
 
     tracker = ray.remote(TrackerActor).options(num_cpus=0).remote()
     shards = shard_options(ray, cfg.selection)
+    if shards:
+        # Block actors hold the rows only while the tracker builds its partitions, before the shard actors exist,
+        # so they reserve no CPU.
+        shards["make_block"] = actor_blocks(ray, num_cpus=0, scheduling_strategy="SPREAD")
     try:
         facts = ray.get(tracker.load.remote(embeddings_path, cfg, **shards) if embeddings_path is not None
                         else tracker.load_input.remote(plan, cfg, **shards))

@@ -69,29 +69,34 @@ def test_two_concurrent_shard_actors_give_the_in_process_schedule(ray_local, rea
 
 def test_generate_stage_tracker_with_shard_actors_gives_the_in_process_schedule(ray_local, real_embeddings,
                                                                                 same_schedule, tmp_path):
-    """The tracker actor as `synalign run` starts it, over an embeddings folder it reads itself, with
-    selection.num_shards = 2: it builds its own shard actors (actor_shards' factory travels to it), issues the
-    schedule `synalign select` builds in process with each group's demonstration texts, and gives the input's copy
-    keys."""
+    """The tracker actor as `synalign run` starts it, over an embeddings folder, with selection.num_shards = 2: two
+    block actors read the folder's row-id ranges (the tracker actor scans only ids, texts and labels), the shard
+    actors receive their partitions' rows from them, and the tracker issues the schedule `synalign select` builds in
+    process with each group's demonstration texts, and gives the input's copy keys. A NaN in the second block's rows
+    is one InputError naming its row."""
     import pyarrow as pa
 
     from synalign_ray import io
     from synalign_ray.config import build_config
+    from synalign_ray.errors import InputError
     from synalign_ray.quality import copy_keys
     from synalign_ray.stages.common import write_table
     from synalign_ray.stages.select import start_tracker
 
-    rows, emb = real_embeddings("agnews_dev.parquet", N_ROWS, 0)
+    n = 2000  # two blocks of 1,024-row chunks
+    rows, emb = real_embeddings("sst2_train.parquet", n, 0)
     labels = rows.column("label").to_pylist()
-    ids = np.arange(N_ROWS, dtype=np.int64) * 2
+    ids = np.arange(n, dtype=np.int64) * 2
     embedded = rows.append_column(io.ROW_ID, pa.array(ids)).append_column(io.EMBEDDING, io.embeddings_to_arrow(emb))
-    cfg = build_config({}, [f"output.path={tmp_path / 'emb'}", "output.rows_per_part=250", "data.label_column=label",
+    cfg = build_config({}, [f"output.path={tmp_path / 'emb'}", "output.rows_per_part=300", "data.label_column=label",
                             "selection.k=9", "selection.max_groups=30", "selection.engine=partitioned",
-                            "selection.partition_rows=60", "selection.inducing_rows=32", "selection.num_shards=2",
-                            "selection.num_cpus_per_shard=0.25"])
-    write_table(embedded, io.resolve(str(tmp_path / "emb")), cfg, {"kind": "embeddings", "dim": 384})
+                            "selection.partition_rows=200", "selection.inducing_rows=32", "selection.num_shards=2",
+                            "selection.num_cpus_per_shard=0.25", "selection.rule=density_weighted"])
+    # parts in shuffled id order, as parallel writers leave them
+    shuffled = embedded.take(np.random.default_rng(0).permutation(n))
+    write_table(shuffled, io.resolve(str(tmp_path / "emb")), cfg, {"kind": "embeddings", "dim": 384})
     tracker, facts = start_tracker(ray_local, cfg, str(tmp_path / "emb"), None)
-    assert facts["rows"] == N_ROWS and facts["groups_planned"] == 30
+    assert facts["rows"] == n and facts["groups_planned"] == 30 and facts["blocks"] == [1024, 976]
     groups = []
     while batch := ray_local.get(tracker.next_groups.remote(7, with_texts=True)):
         groups.extend(batch)
@@ -101,6 +106,14 @@ def test_generate_stage_tracker_with_shard_actors_gives_the_in_process_schedule(
     assert np.array_equal(ray_local.get(tracker.copy_keys.remote()), copy_keys(text_of.values()))
     assert ray_local.get(tracker.state_bytes.remote()) > 0
     ray_local.kill(tracker)
+
+    bad = emb.copy()
+    bad[1500] = np.nan
+    broken = rows.append_column(io.ROW_ID, pa.array(ids)).append_column(io.EMBEDDING, io.embeddings_to_arrow(bad))
+    write_table(broken, io.resolve(str(tmp_path / "bad")), cfg, {"kind": "embeddings", "dim": 384})
+    with pytest.raises(InputError, match="row 1500") as err:
+        start_tracker(ray_local, cfg, str(tmp_path / "bad"), None)
+    assert "\n" not in str(err.value)
 
 
 def test_generate_tracker_reads_and_embeds_the_input_itself(ray_local, tmp_path):

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 
 from synalign_ray.config import SelectionConfig, build_config, load_config
-from synalign_ray.errors import ConfigError
+from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.metrics import knn_radii, knn_radius_coverage
+from synalign_ray.selection.blocks import RowBlock, bisect, block_ranges
 from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, cross_kernel
-from synalign_ray.selection.partitions import INDUCING_JITTER, bisect_partitions
+from synalign_ray.selection.partitions import INDUCING_JITTER
 from synalign_ray.selection.schedule import build_schedule
 from synalign_ray.selection.plan import DENSITY_BANDWIDTH, DENSITY_POWER, resolve_engine, state_bytes_needed
 from synalign_ray.selection.tracker import SelectionTracker
@@ -32,6 +33,11 @@ def cfg(**kw) -> SelectionConfig:
     return SelectionConfig(**{"tau": TAU, "max_groups": 16, "budget": "average", "threshold": 1e-6, **kw})
 
 
+def bisect_partitions(emb: np.ndarray, rows: np.ndarray, max_rows: int, seed: int) -> list[np.ndarray]:
+    """blocks.bisect over one in-process block holding all rows."""
+    return bisect([RowBlock(emb)], np.array([0]), rows, max_rows, seed)
+
+
 def test_bisection_covers_every_row_once_in_bounded_parts(agnews):
     emb, _, _ = agnews
     rows = np.arange(3, N_ROWS, 2)  # 599 rows
@@ -44,6 +50,34 @@ def test_bisection_covers_every_row_once_in_bounded_parts(agnews):
     own = np.concatenate([np.full(len(p), i) for i, p in enumerate(parts)])
     dist = ((emb[np.concatenate(parts)][:, None, :] - centroids[None]) ** 2).sum(-1)
     assert (dist.argmin(axis=1) == own).mean() > 0.6
+
+
+@pytest.mark.parametrize("num_blocks", [2, 5])
+def test_rows_cut_into_blocks_give_the_same_partitions_and_schedule(agnews, num_blocks):
+    # The tracker built from blocks (what shard actors read from a folder) holds positions only; the bisection's
+    # sums go chunk by chunk and projections row by row, so any cut into blocks gives the one-block partitions and,
+    # with density weights and inducing rows gathered from the blocks, the one-array schedule.
+    emb, labels, ids = agnews
+    chunk = 128
+    ranges = block_ranges(N_ROWS, num_blocks, chunk)
+    assert len(ranges) == num_blocks and all(lo % chunk == 0 for lo, _ in ranges) and ranges[-1][1] == N_ROWS
+    blocks = [RowBlock(emb[lo:hi], lo, chunk_rows=chunk) for lo, hi in ranges]
+    starts = np.array([lo for lo, _ in ranges])
+    one = bisect([RowBlock(emb, chunk_rows=chunk)], np.array([0]), ids, 100, 0)
+    many = bisect(blocks, starts, ids, 100, 0)
+    assert len(one) == len(many) > 8 and all(np.array_equal(a, b) for a, b in zip(one, many))
+    config = cfg(engine="partitioned", partition_rows=120, max_groups=24, inducing_rows=32, rule="density_weighted")
+    whole = SelectionTracker(emb, labels, ids, config).next_groups(100)
+    assert len(whole) == 24
+    assert SelectionTracker(blocks, labels, ids, config, num_shards=2).next_groups(100) == whole
+
+
+def test_a_block_names_a_bad_row_by_its_position(agnews):
+    emb, _, _ = agnews
+    bad = emb[200:300].copy()
+    bad[17] = 0.0
+    with pytest.raises(InputError, match="embedding of row 217 is all zeros"):
+        RowBlock(bad, 200)
 
 
 @pytest.mark.parametrize("scope", ["per_label", "shared"])
@@ -189,6 +223,9 @@ def test_production_config_selection_fits_its_state_budget():
     needed = state_bytes_needed([rows], [selected], "partitioned", cfg.partition_rows, cfg.inducing_rows)
     assert needed == 4 * 1.25 * cfg.partition_rows * selected + (4 * rows + 8 * selected) * cfg.inducing_rows
     assert needed <= cfg.max_state_gib * 2**30
+    # the README's per-shard figure: a share of the state plus the shard's rows, twice while it receives them
+    per_shard = (needed + 2 * rows * 384 * 4) / cfg.num_shards
+    assert cfg.num_shards == 4 and 3.2 * 2**30 < per_shard < 3.4 * 2**30
 
 
 def test_partition_rows_must_hold_two_groups():

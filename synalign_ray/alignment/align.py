@@ -14,7 +14,7 @@ import pyarrow as pa
 from synalign_ray import io, metrics, runtime
 from synalign_ray.alignment.distributed import (SOURCE_REAL, SOURCE_SYNTHETIC, ShardSet, call_all, draw_distributed,
                                                  ray_spawn, search_distributed, spawn_shards, start_shards)
-from synalign_ray.alignment.importance import importance_weights
+from synalign_ray.alignment.importance import checker_sample, fit_checkers
 from synalign_ray.alignment.mmd import (DiversityTarget, FitParams, SearchSettings, fit_fixed, make_feature_map,
                                         split_ranges)
 from synalign_ray.alignment.plan import FitPlan, check_inputs, check_tables
@@ -128,14 +128,17 @@ def _align(cfg: SynAlignConfig, plan: FitPlan, start: Callable[[], ShardSet], fo
               f"weighting={a.weighting}, groups={group_names}, size={size}")
 
     if a.weighting in ("importance", "both"):
-        # The two classifiers train in one process: this option gathers every embedding here.
+        # The two checkers train here on seeded samples of at most CHECKER_ROWS rows a side, gathered from the
+        # shards; each shard then weighs its own rows.
         t = time.perf_counter()
         seen = np.flatnonzero(~plan.held_out)
-        imp = importance_weights(shards.gather(SOURCE_REAL, seen), plan.real_labels[seen],
-                                 shards.gather(SOURCE_SYNTHETIC, np.arange(n_syn)), plan.syn_labels, seed=a.seed)
-        shards.set_synthetic_column(IMPORTANCE_COLUMN, imp)
-        _progress(f"importance weights: mean={imp.mean():.3f} min={imp.min():.3f} max={imp.max():.3f} "
-                  f"({time.perf_counter() - t:.1f}s)")
+        seen = seen[checker_sample(len(seen), a.seed)]
+        syn_sample = checker_sample(n_syn, a.seed)
+        checkers = fit_checkers(shards.gather(SOURCE_REAL, seen), plan.real_labels[seen],
+                                shards.gather(SOURCE_SYNTHETIC, syn_sample), plan.syn_labels[syn_sample], seed=a.seed)
+        mean, low, high = shards.set_importance(IMPORTANCE_COLUMN, checkers, np.asarray(plan.syn_labels))
+        _progress(f"importance weights: mean={mean:.3f} min={low:.3f} max={high:.3f} (checkers on {len(seen)} real "
+                  f"and {len(syn_sample)} synthetic rows, {time.perf_counter() - t:.1f}s)")
 
     fitted_rows, held_rows = np.flatnonzero(plan.fitted), np.flatnonzero(plan.held_out)
     feature_map = None

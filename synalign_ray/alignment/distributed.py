@@ -69,12 +69,18 @@ class AlignmentShard:
         texts = self._syn_rows.column(text_column).take(pa.array(positions, type=pa.int64())).to_pylist()
         return vocabulary(texts), text_keys(texts)
 
-    def set_column(self, name: str, values: np.ndarray) -> None:
-        """Add (or replace) a float column of the synthetic rows (the importance weights)."""
+    def set_importance(self, name: str, checkers: tuple, labels: np.ndarray) -> tuple[float, float, float]:
+        """Add (or replace) the float column `name` of this shard's synthetic rows with their IMP-Loss weights under
+        the fitted checkers (importance.checker_weights), `labels` the rows' labels; returns (sum, min, max)."""
+        from synalign_ray.alignment.importance import checker_weights
+
+        values = checker_weights(checkers, self._syn_emb, labels)
         column = pa.array(np.asarray(values, dtype=np.float64))
         rows = self._syn_rows
         self._syn_rows = rows.set_column(rows.column_names.index(name), name, column) if name in rows.column_names \
             else rows.append_column(name, column)
+        return (float(values.sum()), float(values.min()), float(values.max())) if len(values) else (0.0, np.inf,
+                                                                                                     -np.inf)
 
     def schemas(self) -> tuple[pa.Schema, pa.Schema]:
         return self._syn_rows.schema, self._real_rows.schema
@@ -266,10 +272,14 @@ class ShardSet:
         keys = np.concatenate([k for _, k in replies]) if replies else np.zeros(0, np.uint64)
         return len(words), (1.0 - np.unique(keys).size / len(keys)) if len(keys) else 0.0
 
-    def set_synthetic_column(self, name: str, values: np.ndarray) -> None:
-        """Give each shard its slice of a column over all synthetic rows (the importance weights)."""
+    def set_importance(self, name: str, checkers: tuple, syn_labels: np.ndarray) -> tuple[float, float, float]:
+        """Each shard weighs its own synthetic rows with the fitted checkers (shard i gets its slice of the labels);
+        (mean, min, max) over all rows, for the progress line."""
         starts = self.starts[SOURCE_SYNTHETIC]
-        self.call_each("set_column", [(name, values[starts[i]:starts[i + 1]]) for i in range(len(self.handles))])
+        stats = self.call_each("set_importance", [(name, checkers, syn_labels[starts[i]:starts[i + 1]])
+                                                  for i in range(len(self.handles))])
+        return (sum(s for s, _, _ in stats) / starts[-1], min(lo for _, lo, _ in stats),
+                max(hi for _, _, hi in stats))
 
     def call_each(self, method: str, args: list[tuple]) -> list:
         """Shard i runs method(*args[i]); results in shard order."""

@@ -122,6 +122,39 @@ def test_uniform_importance_weighting_keeps_label_shares(ray_local, inputs, tmp_
         assert abs(v["resampled"] - SIZE * v["real"] / real.num_rows) < 1
 
 
+@pytest.mark.parametrize("checker_rows", [None, 100])
+def test_importance_weights_written_by_the_shards_equal_the_one_process_twin(ray_local, inputs, tmp_path,
+                                                                             monkeypatch, checker_rows):
+    # The checkers train on the driver on seeded samples (all rows here, or 100 a side with the cap lowered), each
+    # shard weighs its own rows: every written weight equals the in-process computation on the same sample.
+    from synalign_ray.alignment import importance
+
+    if checker_rows is not None:
+        monkeypatch.setattr(importance, "CHECKER_ROWS", checker_rows)
+    real, real_emb, synthetic, syn_emb = inputs
+    cfg = _config("alignment.weighting=importance", "alignment.mix_real=false")
+    loc = resolve(str(tmp_path / "imp"))
+    align(cfg, real, real_emb, synthetic, syn_emb, loc, None)
+    table = read_parts(loc)
+    seen = np.flatnonzero(~plan_fit(cfg, real, synthetic).held_out)
+    seen = seen[importance.checker_sample(len(seen), cfg.alignment.seed)]
+    syn_sample = importance.checker_sample(len(syn_emb), cfg.alignment.seed)
+    if checker_rows is not None:  # 240 fit rows and 300 synthetic rows, each cut to a sample of 100
+        assert len(seen) == len(syn_sample) == checker_rows
+    real_labels = np.asarray(real.column("label").to_pylist())
+    syn_labels = np.asarray(synthetic.column("label").to_pylist())
+    checkers = importance.fit_checkers(real_emb[seen], real_labels[seen], syn_emb[syn_sample],
+                                       syn_labels[syn_sample], seed=cfg.alignment.seed)
+    expected = importance.checker_weights(checkers, syn_emb.astype(np.float32), syn_labels)
+    if checker_rows is None:
+        np.testing.assert_allclose(expected, importance.importance_weights(
+            real_emb[seen], real_labels[seen], syn_emb.astype(np.float32), syn_labels, seed=cfg.alignment.seed))
+    idx = np.asarray(table.column("row_index"))
+    # rtol 1e-6: a shard's predict_proba runs over its slice, and BLAS blocks a product by the row count (seen: 8e-8)
+    np.testing.assert_allclose(table.column("importance_weight").to_numpy(), expected[idx], rtol=1e-6)
+    assert np.unique(idx).size > 100
+
+
 BAD_INPUTS = [
     ("empty real", lambda r, re, s, se: (r.slice(0, 0), re[:0], s, se), InputError, "real set is empty"),
     ("empty synthetic", lambda r, re, s, se: (r, re, s.slice(0, 0), se[:0]), InputError, "synthetic set is empty"),

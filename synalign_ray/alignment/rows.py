@@ -135,7 +135,9 @@ class FolderSlice:
                 if pc.any(inside).as_py():
                     pieces.append(table.filter(inside))
         table = pa.concat_tables(pieces) if pieces else src.schema().empty_table()
-        table = table.take(pc.sort_indices(table, sort_keys=[(io.ROW_ID, "ascending")]))
+        ids = table.column(io.ROW_ID).to_numpy()
+        if (np.diff(ids) < 0).any():  # parts written out of id order: sort (a copy of the rows, so only then)
+            table = table.take(pc.sort_indices(table, sort_keys=[(io.ROW_ID, "ascending")]))
         if io.EMBEDDING not in table.column_names:
             raise InputError(f"{src.url} has no '{io.EMBEDDING}' column")
         emb = io.embeddings_from_arrow(table.column(io.EMBEDDING), src.url, first_row) if table.num_rows else \

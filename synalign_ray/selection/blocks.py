@@ -53,11 +53,17 @@ class RowBlock:
         """Read the rows from `source` (anything whose load(first_row) gives (table, embeddings), such as
         alignment.rows.FolderSlice); returns their count. A method, so a bad row reaches the caller as the
         InputError itself."""
+        import pyarrow as pa
+
         _, emb = source.load(first)
         if emb.shape[0] and first % self.chunk_rows:
             raise ValueError(f"a block starts at a multiple of {self.chunk_rows} rows, not {first}")
         self.first = first
         self.points = unit_rows(emb, first)
+        # The read's Arrow buffers are freed now, but Arrow's allocator keeps them for reuse unless told: at 500,000
+        # rows a block held 2.8 GiB for 0.7 GiB of rows (measured, benchmark_selection_scale.py --shards).
+        del emb
+        pa.default_memory_pool().release_unused()
         return self.points.shape[0]
 
     def size(self) -> int:
@@ -103,6 +109,11 @@ class RowBlock:
 
     def end(self) -> None:
         self._parts.clear()
+
+    def release(self) -> None:
+        """Drop the rows: called after the shards' `rows` calls (an actor runs its calls in order), whose answers
+        the shards receive, so a row is not held here, in the object store and in a shard at once."""
+        self.points = None
 
 
 def split_by_block(positions: np.ndarray, starts: np.ndarray) -> list[tuple[int, np.ndarray]]:

@@ -82,12 +82,22 @@ class PartitionShard:
         of such a unit gets their Nyström features (inducing_features), computed here."""
         self.k = k
         if row_parts:
+            # One array with each partition's rows contiguous, filled part by part: the partitions' points are views
+            # of it, so the shard holds its rows once (beside the received parts, until they are dropped).
             positions = np.concatenate([p for p, _ in row_parts])
-            points = np.concatenate([x for _, x in row_parts])
+            offsets = np.cumsum([0] + [len(p) for p, _ in row_parts])
             order = np.argsort(positions)
+            wanted = np.concatenate([p["rows"] for p in partitions.values()])
+            source = order[np.searchsorted(positions, wanted, sorter=order)]  # index into the received rows
+            held = np.empty((wanted.shape[0], row_parts[0][1].shape[1]), dtype=np.float32)
+            for (_, x), lo, hi in zip(row_parts, offsets[:-1], offsets[1:]):
+                inside = (source >= lo) & (source < hi)
+                held[inside] = x[source[inside] - lo]
+            start = 0
             for p in partitions.values():
-                p.setdefault("points", points[order[np.searchsorted(positions, p["rows"], sorter=order)]])
-            del positions, points
+                p.setdefault("points", held[start:start + p["rows"].shape[0]])
+                start += p["rows"].shape[0]
+            del positions, order, wanted, source
         inducing = inducing or {}
         self._parts = {pid: _Partition(p["rows"], p["points"], np.asarray(p["labels"]), p["weights"], kernel, tau,
                                        noise, p["capacity"], p["sync_rows"], p["growth"], p["unit"],

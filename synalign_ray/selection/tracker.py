@@ -111,7 +111,7 @@ class SelectionTracker:
         self._shard_of = place_partitions([p["unit"] for p in partitions], unit_selected, num_shards)
         by_shard = [{pid: p for pid, p in enumerate(partitions) if self._shard_of[pid] == s} for s in range(num_shards)]
         # Blocks in this process give each partition its rows here; actor-held blocks send a shard actor its rows
-        # themselves (call_ref: the reply is never fetched here). Dropping the blocks afterwards frees their rows.
+        # themselves (call_ref: the reply is never fetched here), then drop them (release runs after those calls).
         local = all(isinstance(block, RowBlock) for block in blocks)
         self._shards = []
         for parts in by_shard:
@@ -126,7 +126,10 @@ class SelectionTracker:
                                            noise=cfg.noise,
                                            inducing={u: z for u, z in inducing.items()
                                                      if any(p["unit"] == u for p in parts.values())}))
-        del blocks, by_shard
+        if not local:
+            for reply in [call_shard(block, "release") for block in blocks]:
+                reply.result()
+        del blocks, by_shard, row_parts
         # label → pid → (best score, tied global rows, largest variance, the unit's version it was computed at);
         # refreshed for the partition that just received a group, and (inducing features) lazily for the others.
         self._tops: dict[str, dict[int, tuple[float, np.ndarray, float, int]]] = {l: {} for l in label_rows}

@@ -329,7 +329,7 @@ def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, induci
           f"{partition_rows}, inducing_rows {inducing_rows}; the rows in K block actors, the partitions on K shard "
           f"actors of 1 CPU (1 BLAS thread) each, the coordinator in the driver; the rows read from an embeddings "
           f"folder ({emb_bytes / 2**30:.2f} GiB of float32)\n")
-    print("| shard actors K | setup s | selection s | per group ms | per group vs K = first | same schedule | "
+    print("| shard actors K | setup s | selection s | per group ms | per group vs K = first | same schedule as K = first | "
           "tracker growth in the driver GiB | peak memory, all processes (PSS) GiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     first, reference = None, None
@@ -355,7 +355,7 @@ def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, induci
         first = first or per_group
         reference = reference or schedule
         print(f"| {k} | {setup:.1f} | {per_group * len(schedule):.1f} | {1e3 * per_group:.2f} | "
-              f"{per_group / first:.3f} | {schedule == reference} | {growth / 2**30:.2f} | {peak.peak / 2**30:.2f} |",
+              f"{per_group / first:.3f} | {'(reference)' if k == shard_counts[0] else schedule == reference} | {growth / 2**30:.2f} | {peak.peak / 2**30:.2f} |",
               flush=True)
         del tracker
     ray.shutdown()

@@ -153,8 +153,8 @@ def bisect(blocks: list, starts: np.ndarray, rows: np.ndarray, max_rows: int, se
     rows = np.sort(np.asarray(rows, dtype=np.int64))
     stack, parts, next_id = [(0, rows)], [], 1
     if rows.shape[0] > max_rows:
-        for b, sub in split_by_block(rows, starts):
-            call_shard(blocks[b], "begin", 0, sub).result()
+        for reply in [call_shard(blocks[b], "begin", 0, sub) for b, sub in split_by_block(rows, starts)]:
+            reply.result()
     while stack:
         pid, part = stack.pop()
         if part.shape[0] <= max_rows:
@@ -166,8 +166,9 @@ def bisect(blocks: list, starts: np.ndarray, rows: np.ndarray, max_rows: int, se
             # nearest centroid by ‖x − c‖² up to the common ‖x‖² term
             axis = centroids[1] - centroids[0]
             threshold = 0.5 * (centroids[1] @ centroids[1] - centroids[0] @ centroids[0])
-            replies = [call_shard(blocks[b], "split_sums", pid, axis, threshold).result()
-                       for b in [b for b, _ in held]]
+            # every block's pass is sent before any answer is awaited, so actor-held blocks work at once
+            calls = [call_shard(blocks[b], "split_sums", pid, axis, threshold) for b, _ in held]
+            replies = [call.result() for call in calls]
             beyond_sum, beyond_count, other_sum, other_count = (np.concatenate(r) for r in zip(*replies))
             n_beyond = int(beyond_count.sum())
             if n_beyond in (0, part.shape[0]):

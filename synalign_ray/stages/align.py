@@ -46,20 +46,81 @@ def embedded_folder(path: str, cfg: SynAlignConfig, what: str):
     return rows if {io.ROW_ID, io.EMBEDDING} <= set(rows.schema().names) else None
 
 
+def _schema_of(path: str, cfg: SynAlignConfig) -> pa.Schema | None:
+    """The schema of an input's first file (a synalign folder's first part), or None when it cannot be read (the
+    in-memory reader then names the problem)."""
+    import pyarrow.parquet as pq
+
+    from synalign_ray.errors import InputError
+    from synalign_ray.real_input import _batches
+
+    try:
+        loc = io.resolve(path, cfg.storage)
+        manifest = output_manifest(path, cfg.storage)
+        if manifest is not None:
+            if not manifest.get("parts"):
+                return None
+            with loc.fs.open(loc.join(manifest["parts"][0]).path, "rb") as fh:
+                return pq.read_schema(fh)
+        fmt = io.detect_format(loc.path, cfg.data.format, loc.fs)
+        files = io.data_files(loc, fmt)
+        if not files:
+            return None
+        with loc.fs.open(files[0], "rb") as fh:
+            return _batches(fh, fmt, [])[0]
+    except (InputError, OSError):
+        return None
+
+
+def _is_raw(path: str, cfg: SynAlignConfig) -> bool:
+    """Rows without embedding and row id columns: what `_embed_raw_input` takes."""
+    schema = _schema_of(path, cfg)
+    return schema is not None and io.EMBEDDING not in schema.names and io.ROW_ID not in schema.names
+
+
+def _raw_input_plan(path: str, cfg: SynAlignConfig, side: str, out: io.Location):
+    """A raw side checked (real_input.plan_input: columns, types, empty input) before anything runs: its config,
+    whose output is the output's `_embedded_<side>` folder, and its plan."""
+    from synalign_ray.real_input import plan_input
+
+    label = cfg.data.label_column if cfg.data.label_column in _schema_of(path, cfg).names else None
+    data = cfg.data.model_copy(update={"path": path, "label_column": label, "sample_rows": None,
+                                       "format": "parquet" if output_manifest(path, cfg.storage) else cfg.data.format})
+    side_cfg = cfg.model_copy(update={"data": data, "output": cfg.output.model_copy(
+        update={"path": out.join(f"_embedded_{side}").url, "overwrite": False})})
+    return side_cfg, plan_input(data, cfg.storage)
+
+
+def _embed_raw_input(side_cfg: SynAlignConfig, plan):
+    """Raw rows embedded file to file by the Ray Data pipeline into their `_embedded_<side>` folder (reused when
+    complete with the same settings), so that they never reach the driver; FolderRows over it."""
+    from synalign_ray.alignment.rows import FolderRows
+
+    manifest = embed.embed_stage(side_cfg, plan)
+    return FolderRows(side_cfg.output.path, tuple(manifest["parts"]), side_cfg.storage)
+
+
 def align_stage(cfg: SynAlignConfig, real_path: str, synthetic_path: str) -> dict[str, Any]:
-    """`synalign align`: weights, weighted resample and metrics for synthetic rows against real rows. Two embedded
-    synalign folders stay where they are (each shard reads its own rows); other inputs are read here."""
+    """`synalign align`: weights, weighted resample and metrics for synthetic rows against real rows. Embedded
+    synalign folders stay where they are (each shard reads its own rows); raw rows are embedded file to file into
+    the output's `_embedded_real` / `_embedded_synthetic` folders first; files that carry their own embeddings are
+    read here."""
     from synalign_ray.alignment.align import align, align_folders
     from synalign_ray.alignment.plan import check_inputs
 
     settings = settings_for(cfg, ("data", "embedding", "alignment"), real=real_path, synthetic=synthetic_path)
     loc = io.resolve(cfg.output.path, cfg.storage)
-    folders = embedded_folder(real_path, cfg, "real"), embedded_folder(synthetic_path, cfg, "synthetic")
-    if None not in folders:
+    folders = [embedded_folder(real_path, cfg, "real"), embedded_folder(synthetic_path, cfg, "synthetic")]
+    if all(f is not None or _is_raw(p, cfg) for f, p in zip(folders, (real_path, synthetic_path))):
+        # Both raw sides are checked before either is embedded.
+        plans = {i: _raw_input_plan(path, cfg, side, loc) for i, (side, path)
+                 in enumerate((("real", real_path), ("synthetic", synthetic_path))) if folders[i] is None}
         with RunFolder(loc, cfg.storage).open(settings, cfg.output.overwrite) as folder:
             if folder.reused is not None:
                 return folder.reused
             with runtime.ray_session(cfg.resources):
+                for i, (side_cfg, plan) in plans.items():
+                    folders[i] = _embed_raw_input(side_cfg, plan)
                 return align_folders(cfg, *folders, folder)
     real = read_rows(real_path, cfg, "real")
     synthetic = read_rows(synthetic_path, cfg, "synthetic")

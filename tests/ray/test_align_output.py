@@ -11,6 +11,7 @@ from synalign_ray.alignment.plan import plan_fit
 from synalign_ray.config import StorageConfig, build_config
 from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.io import read_manifest, read_parts, resolve
+from synalign_ray.run_folder import RunFolder
 
 SIZE = 400
 
@@ -363,3 +364,44 @@ def test_align_command_on_two_embedded_folders_leaves_their_rows_in_place(ray_lo
         assert got[key] == expected[key], key
     assert read_parts(resolve(str(tmp_path / "from_folders")), got).equals(
         read_parts(resolve(str(tmp_path / "from_files")), expected))
+
+
+def test_align_command_on_raw_files_embeds_them_into_the_output_without_the_driver(ray_local, inputs, tmp_path,
+                                                                                 monkeypatch):
+    """`synalign align --real <raw Parquet> --synthetic <raw Parquet>`: each side is embedded file to file into the
+    output's _embedded_<side> folder, whose shards read their rows (the driver's readers fail if called); the
+    embeddings are the encoder's, and the result equals the in-memory path on the same embedded rows."""
+    import pyarrow.parquet as pq
+
+    from synalign_ray import io
+    from synalign_ray.alignment import rows as rows_mod
+    from synalign_ray.stages import align as align_mod
+
+    real, real_emb, synthetic, syn_emb = inputs
+    pq.write_table(real.select(["text", "label"]), tmp_path / "real_raw.parquet")
+    pq.write_table(synthetic, tmp_path / "synthetic_raw.parquet")
+
+    def driver_must_not(*args, **kwargs):
+        raise AssertionError("the driver read or embedded rows")
+
+    with monkeypatch.context() as m:
+        m.setattr(rows_mod.FolderSlice, "load", driver_must_not)
+        m.setattr(align_mod, "read_rows", driver_must_not)
+        m.setattr(align_mod, "ensure_embedded", driver_must_not)
+        cfg = _config("alignment.weighting=mmd", f"output.path={tmp_path / 'raw'}")
+        got = align_mod.align_stage(cfg, str(tmp_path / "real_raw.parquet"), str(tmp_path / "synthetic_raw.parquet"))
+        assert align_mod.align_stage(cfg, str(tmp_path / "real_raw.parquet"),
+                                     str(tmp_path / "synthetic_raw.parquet")) == got  # reused
+    out = resolve(str(tmp_path / "raw"))
+    for side, table, emb in (("real", real.select(["text", "label"]), real_emb), ("synthetic", synthetic, syn_emb)):
+        stored = RunFolder(out.join(f"_embedded_{side}")).read()
+        assert stored.column(io.ROW_ID).to_pylist() == list(range(table.num_rows))
+        assert stored.select(table.column_names).equals(table)
+        np.testing.assert_allclose(io.embeddings_from_arrow(stored.column(io.EMBEDDING)), emb, rtol=0, atol=1e-5)
+        pq.write_table(stored, tmp_path / f"{side}_embedded.parquet")
+    expected = align_mod.align_stage(_config("alignment.weighting=mmd", f"output.path={tmp_path / 'in_memory'}"),
+                                     str(tmp_path / "real_embedded.parquet"),
+                                     str(tmp_path / "synthetic_embedded.parquet"))
+    for key in ("counts", "metrics", "metrics_held_out", "columns"):
+        assert got[key] == expected[key], key
+    assert read_parts(out, got).equals(read_parts(resolve(str(tmp_path / "in_memory")), expected))

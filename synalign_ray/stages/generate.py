@@ -119,12 +119,24 @@ def check_generated_rows(manifest: dict[str, Any]) -> None:
                      f"{manifest['output']}/{io.MANIFEST}")
 
 
+def embed_for_tracker(cfg: SynAlignConfig, out: io.Location, plan: real_input.RealInput) -> str:
+    """`generate` without a schedule: the checked input embedded file to file by the Ray Data pipeline into the
+    output's `_embeddings` folder (reused when a resumed run finds it complete), as a run's embeddings step does;
+    the tracker actor and its block actors read it there. Returns its location."""
+    from synalign_ray.stages import embed
+
+    target = out.join("_embeddings")
+    embed.embed_stage(cfg.model_copy(update={"output": cfg.output.model_copy(
+        update={"path": target.url, "overwrite": False})}), plan)
+    return target.url
+
+
 def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, embeddings_path: str | None = None,
                    pool: Any = None) -> dict[str, Any]:
     """`synalign generate`: groups -> generator pool -> parts. The groups come from a schedule (its demonstration
     texts read from the input in one pass), or from the tracker actor over `embeddings_path` (a completed embeddings
-    folder of cfg.data, as `synalign run` passes its own) or over cfg.data, which the actor reads and embeds. The
-    driver holds groups, their texts and the input's copy keys, never the input rows.
+    folder of cfg.data, as `synalign run` passes its own) or over cfg.data embedded into the output's `_embeddings`
+    folder first. The driver holds groups, their texts and the input's copy keys, never the input rows.
 
     Resumable: rerun with the same output path and only the groups not yet written are generated. A running
     `GeneratorPool` of the same model may be passed in to skip engine start-up; it is left running.
@@ -158,7 +170,9 @@ def generate_stage(cfg: SynAlignConfig, schedule_path: str | None = None, embedd
                 total = schedule.num_rows
                 batches = _schedule_batches(with_texts(schedule.to_pylist(), texts), g.groups_per_batch)
             else:
-                tracker, facts = start_tracker(ray, cfg, embeddings_path, plan)
+                if embeddings_path is None:
+                    embeddings_path = embed_for_tracker(cfg, out, plan)
+                tracker, facts = start_tracker(ray, cfg, embeddings_path)
                 timings["tracker_load"] = time.monotonic() - t_start
                 total = facts["groups_planned"]
                 keys = ray.get(tracker.copy_keys.remote())

@@ -12,7 +12,6 @@ import pyarrow as pa
 from synalign_ray import io
 from synalign_ray.config import SynAlignConfig
 from synalign_ray.errors import InputError
-from synalign_ray.real_input import RealInput
 from synalign_ray.run_folder import RunFolder, output_manifest, read_output, settings_for
 from synalign_ray.stages.common import stamp
 from synalign_ray.stages.embed import read_embedded
@@ -35,8 +34,8 @@ def _labels(table: pa.Table, cfg: SynAlignConfig, embedded_path: str) -> list | 
 
 
 class TrackerActor:
-    """Actor body: the central tracker over rows it loads itself (an embeddings folder, or the input read and
-    embedded here), so the driver receives only groups, their demonstration texts and the input's copy keys.
+    """Actor body: the central tracker over the rows of an embeddings folder it reads itself, so the driver receives
+    only groups, their demonstration texts and the input's copy keys.
     Loading is a method, not __init__, so that a bad input reaches the driver as the InputError itself."""
 
     def __init__(self):
@@ -75,17 +74,6 @@ class TrackerActor:
         facts = self._start(table, blocks, text_column, cfg, embedded_path, shards)
         return {**facts, "blocks": [hi - lo for lo, hi in ranges]}
 
-    def load_input(self, plan: RealInput, cfg: SynAlignConfig, make_block=None, **shards) -> dict[str, Any]:
-        """Track the rows of a checked input (real_input.plan_input), read and embedded on the encoder pool from
-        here (so they are in this process already: no block actors)."""
-        from synalign_ray.real_input import iter_real_rows
-        from synalign_ray.stages.embed import embed_rows
-
-        rows = pa.concat_tables(list(iter_real_rows(plan, cfg.data, cfg.storage)))
-        table = embed_rows(rows, cfg, cfg.data.text_column)
-        return self._start(table, io.embeddings_from_arrow(table.column(io.EMBEDDING)), cfg.data.text_column, cfg,
-                           plan.url, shards)
-
     def _start(self, table: pa.Table, emb: np.ndarray | list, text_column: str, cfg: SynAlignConfig, where: str,
                shards: dict[str, Any]) -> dict[str, Any]:
         from synalign_ray.selection.tracker import SelectionTracker
@@ -120,9 +108,9 @@ class TrackerActor:
         return self._tracker.state_bytes(used)
 
 
-def start_tracker(ray, cfg: SynAlignConfig, embeddings_path: str | None, plan: RealInput | None):
-    """The tracker actor over the embeddings folder at `embeddings_path` (a location the actor can resolve), or
-    over `plan`'s rows, which it reads and embeds itself; returns it with its load facts."""
+def start_tracker(ray, cfg: SynAlignConfig, embeddings_path: str):
+    """The tracker actor over the embeddings folder at `embeddings_path` (a location the actor can resolve);
+    returns it with its load facts."""
     from synalign_ray.runtime import raise_original
     from synalign_ray.selection.steps import actor_blocks, shard_options
 
@@ -133,8 +121,7 @@ def start_tracker(ray, cfg: SynAlignConfig, embeddings_path: str | None, plan: R
         # so they reserve no CPU.
         shards["make_block"] = actor_blocks(ray, num_cpus=0, scheduling_strategy="SPREAD")
     try:
-        facts = ray.get(tracker.load.remote(embeddings_path, cfg, **shards) if embeddings_path is not None
-                        else tracker.load_input.remote(plan, cfg, **shards))
+        facts = ray.get(tracker.load.remote(embeddings_path, cfg, **shards))
     except Exception as err:
         ray.kill(tracker)
         raise_original(err)
@@ -148,7 +135,7 @@ def _schedule_on_actors(cfg: SynAlignConfig, embedded_path: str, log_every_s: fl
     from synalign_ray.selection.schedule import DRAIN_BATCH, groups_to_table
 
     with ray_session(cfg.resources) as ray:
-        tracker, facts = start_tracker(ray, cfg, embedded_path, None)
+        tracker, facts = start_tracker(ray, cfg, embedded_path)
         try:
             log.info("the tracker actor read %d rows from %s; selecting %d group(s) on %d shard actor(s)",
                      facts["rows"], embedded_path, facts["groups_planned"], cfg.selection.num_shards)

@@ -95,7 +95,7 @@ def test_generate_stage_tracker_with_shard_actors_gives_the_in_process_schedule(
     # parts in shuffled id order, as parallel writers leave them
     shuffled = embedded.take(np.random.default_rng(0).permutation(n))
     write_table(shuffled, io.resolve(str(tmp_path / "emb")), cfg, {"kind": "embeddings", "dim": 384})
-    tracker, facts = start_tracker(ray_local, cfg, str(tmp_path / "emb"), None)
+    tracker, facts = start_tracker(ray_local, cfg, str(tmp_path / "emb"))
     assert facts["rows"] == n and facts["groups_planned"] == 30 and facts["blocks"] == [1024, 976]
     groups = []
     while batch := ray_local.get(tracker.next_groups.remote(7, with_texts=True)):
@@ -112,26 +112,39 @@ def test_generate_stage_tracker_with_shard_actors_gives_the_in_process_schedule(
     broken = rows.append_column(io.ROW_ID, pa.array(ids)).append_column(io.EMBEDDING, io.embeddings_to_arrow(bad))
     write_table(broken, io.resolve(str(tmp_path / "bad")), cfg, {"kind": "embeddings", "dim": 384})
     with pytest.raises(InputError, match="row 1500") as err:
-        start_tracker(ray_local, cfg, str(tmp_path / "bad"), None)
+        start_tracker(ray_local, cfg, str(tmp_path / "bad"))
     assert "\n" not in str(err.value)
 
 
-def test_generate_tracker_reads_and_embeds_the_input_itself(ray_local, tmp_path):
-    """`synalign generate` without a schedule: the tracker actor reads the checked input's slices and embeds them on
-    the encoder pool, so the driver holds only the plan; every group shows rows of its own label, by their ids."""
+def test_generate_without_schedule_embeds_the_input_into_its_output_for_the_tracker(ray_local, tmp_path,
+                                                                                   sentence_model, monkeypatch):
+    """`synalign generate` without a schedule: the checked input is embedded file to file into the output's
+    _embeddings folder (the in-memory encoder path fails if called), which the tracker actor reads; every group
+    shows rows of its own label, by their ids, and the folder holds the encoder's embeddings of the input."""
     import pyarrow.parquet as pq
 
+    from synalign_ray import io
     from synalign_ray.config import build_config
     from synalign_ray.real_input import plan_input
+    from synalign_ray.run_folder import RunFolder
+    from synalign_ray.stages import embed
+    from synalign_ray.stages.generate import embed_for_tracker
     from synalign_ray.stages.select import start_tracker
     from tests.conftest import sample_rows
 
+    def driver_must_not(*args, **kwargs):
+        raise AssertionError("rows embedded in memory")
+
+    monkeypatch.setattr(embed, "embed_rows", driver_must_not)
     rows = sample_rows("sst2_dev.parquet", 120, seed=1)
     pq.write_table(rows, tmp_path / "real.parquet", row_group_size=50)
     cfg = build_config({}, [f"data.path={tmp_path / 'real.parquet'}", "selection.k=4", "selection.max_groups=6",
                             "embedding.num_actors=1", "embedding.batch_size=32"])
     plan = plan_input(cfg.data, cfg.storage)
-    tracker, facts = start_tracker(ray_local, cfg, None, plan)
+    out = io.resolve(str(tmp_path / "generated"))
+    path = embed_for_tracker(cfg, out, plan)
+    assert path == out.join("_embeddings").url
+    tracker, facts = start_tracker(ray_local, cfg, path)
     groups = ray_local.get(tracker.next_groups.remote(100, with_texts=True))
     ray_local.kill(tracker)
     assert facts["rows"] == 120 and len(groups) == facts["groups_planned"] == 6
@@ -139,6 +152,10 @@ def test_generate_tracker_reads_and_embeds_the_input_itself(ray_local, tmp_path)
     for g in groups:
         assert g["demo_texts"] == [texts[i] for i in g["demo_row_ids"]] and len(g["demo_row_ids"]) == 5
         assert {str(labels[i]) for i in g["demo_row_ids"]} == {str(g["label"])}
+    stored = RunFolder(out.join("_embeddings")).read()
+    assert stored.column(io.ROW_ID).to_pylist() == list(range(120))
+    np.testing.assert_allclose(io.embeddings_from_arrow(stored.column(io.EMBEDDING)),
+                               sentence_model.encode(texts, normalize_embeddings=True), rtol=0, atol=1e-5)
 
 
 def test_select_command_with_shard_actors_reads_the_rows_in_the_tracker_actor(ray_local, real_embeddings,

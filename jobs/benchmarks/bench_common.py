@@ -8,7 +8,6 @@ import math
 import os
 import platform
 import sys
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -115,41 +114,49 @@ def cached_embeddings(name: str) -> tuple[pa.Table, np.ndarray]:
     return table, emb
 
 
+# The sampler of PeakRSS, run in a process of its own: reading every process's smaps costs CPU and, in a thread of
+# the measured process, its GIL (17% of a selection coordinator's samples under py-spy). It samples until its stdin
+# closes, then prints the peak in bytes.
+_SAMPLER = """
+import select, sys, psutil
+pid, interval, driver_only, proportional = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3] == "1", sys.argv[4] == "1"
+root, me, peak = psutil.Process(pid), psutil.Process().pid, 0
+def total():
+    n = 0
+    for p in [root, *([] if driver_only else root.children(recursive=True))]:
+        if p.pid == me:
+            continue
+        try:
+            n += p.memory_full_info().pss if proportional else p.memory_info().rss
+        except Exception:  # a worker exited between listing and reading
+            pass
+    return n
+while True:
+    peak = max(peak, total())
+    if select.select([sys.stdin], [], [], interval)[0] and not sys.stdin.read(1):
+        break
+print(max(peak, total()), flush=True)
+"""
+
+
 class PeakRSS:
     """Samples the resident memory of this process and all its descendants (Ray workers included), or with
-    `driver_only` of this process alone. With `proportional` each process counts its proportional set size (a page
-    shared by n processes, such as Ray's object store, counts 1/n in each), so the sum is the memory in use."""
+    `driver_only` of this process alone, from a sampler process of its own. With `proportional` each process counts
+    its proportional set size (a page shared by n processes, such as Ray's object store, counts 1/n in each), so
+    the sum is the memory in use."""
 
     def __init__(self, interval: float = 0.2, driver_only: bool = False, proportional: bool = False):
-        import psutil
-
-        self.proc = psutil.Process()
-        self.driver_only = driver_only
-        self.proportional = proportional
-        self.interval = interval
+        self.args = [str(os.getpid()), str(interval), "1" if driver_only else "0", "1" if proportional else "0"]
         self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _total(self) -> int:
-        total = 0
-        for p in [self.proc, *([] if self.driver_only else self.proc.children(recursive=True))]:
-            try:
-                total += p.memory_full_info().pss if self.proportional else p.memory_info().rss
-            except Exception:  # a worker exited between listing and reading
-                pass
-        return total
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._total())
-            self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakRSS":
-        self._thread.start()
+        import subprocess
+
+        self._sampler = subprocess.Popen([sys.executable, "-c", _SAMPLER, *self.args], stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._total())
+        self._sampler.stdin.close()
+        self.peak = int(self._sampler.stdout.read().strip() or 0)
+        self._sampler.wait()

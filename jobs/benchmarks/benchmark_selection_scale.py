@@ -292,7 +292,7 @@ def scale(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows:
 
 
 def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows: int,
-                  shard_counts: list[int]) -> None:
+                  shard_counts: list[int], unlabelled: bool = False) -> None:
     """The same selection as the tracker actor of `synalign run` builds it: the tiled rows written once as an
     embeddings folder, K RowBlock actors each reading its row-id range, the partitions on K shard actors of one CPU
     each (they receive their rows from the blocks), the coordinator here holding positions, labels and per-row
@@ -325,7 +325,8 @@ def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, induci
                           rule=rule, inducing_rows=inducing_rows)
     ray.init(num_cpus=max(shard_counts), include_dashboard=False, log_to_driver=False)
     block_class = ray.remote(RowBlock).options(num_cpus=0)
-    print(f"\n## shard actors: {rows:,} rows (tiled as --scale), {groups:,} groups, rule {rule}, partition_rows "
+    print(f"\n## shard actors: {rows:,} rows (tiled as --scale){', unlabelled (one unit)' if unlabelled else ''}, "
+          f"{groups:,} groups, rule {rule}, partition_rows "
           f"{partition_rows}, inducing_rows {inducing_rows}; the rows in K block actors, the partitions on K shard "
           f"actors of 1 CPU (1 BLAS thread) each, the coordinator in the driver; the rows read from an embeddings "
           f"folder ({emb_bytes / 2**30:.2f} GiB of float32)\n")
@@ -342,7 +343,8 @@ def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, induci
             for reply in [call_shard(block, "load", source.slice(*span), lo)
                           for block, span, (lo, _) in zip(blocks, id_ranges(np.arange(rows), ranges), ranges)]:
                 reply.result()
-            tracker = SelectionTracker(blocks, labels.tolist(), np.arange(rows), cfg, num_shards=k,
+            tracker = SelectionTracker(blocks, None if unlabelled else labels.tolist(), np.arange(rows), cfg,
+                                       num_shards=k,
                                        make_shard=actor_shards(ray, num_cpus=1))
             del blocks  # the shards hold their rows now: the block actors exit
             tracker.progress()  # the shards' replies to the constructor's tops() are in
@@ -374,6 +376,8 @@ def main() -> None:
     parser.add_argument("--rule", default="density_weighted", help="rule of the --scale run")
     parser.add_argument("--inducing-rows", type=int, default=256, help="inducing_rows of the --scale run")
     parser.add_argument("--shards", help="K1,K2,...: run the --scale selection on K shard actors instead")
+    parser.add_argument("--unlabelled", action="store_true",
+                        help="--shards without labels: one unit, as a production query log (data.label_column null)")
     args = parser.parse_args()
     if args.coverage:
         coverage("sst2_train", args.groups, args.partition_rows)
@@ -391,7 +395,7 @@ def main() -> None:
         rows, groups = (int(x) for x in args.scale.split(","))
         if args.shards:
             shard_scaling(rows, groups, args.partition_rows, args.rule, args.inducing_rows,
-                          [int(x) for x in args.shards.split(",")])
+                          [int(x) for x in args.shards.split(",")], args.unlabelled)
         else:
             scale(rows, groups, args.partition_rows, args.rule, args.inducing_rows)
 

@@ -252,13 +252,19 @@ def read_manifest(loc: Location, name: str = MANIFEST) -> dict[str, Any] | None:
         return json.loads(fh.read())
 
 
-def read_parts(loc: Location, manifest: dict[str, Any] | None = None) -> pa.Table:
-    """Read the parts a manifest lists (in order) back into one table."""
+def read_parts(loc: Location, manifest: dict[str, Any] | None = None, columns: list[str] | None = None) -> pa.Table:
+    """Read the parts a manifest lists (in order) back into one table; `columns`: only those of them a part has
+    (the small columns a driver scans, without the texts and embeddings)."""
     manifest = manifest if manifest is not None else read_manifest(loc)
     if manifest is None:
         raise InputError(f"{loc.url} has no {MANIFEST}: it is not a completed synalign output")
     tables = []
     for name in manifest["parts"]:
         with loc.fs.open(loc.join(name).path, "rb") as fh:
-            tables.append(pq.read_table(fh))
+            if columns is None:
+                tables.append(pq.read_table(fh))
+            else:
+                present = set(pq.ParquetFile(fh).schema_arrow.names)
+                fh.seek(0)
+                tables.append(pq.read_table(fh, columns=[c for c in columns if c in present]))
     return pa.concat_tables(tables) if tables else pa.table({})

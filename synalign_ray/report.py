@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from synalign_ray import io, metrics
+from synalign_ray.alignment.rows import FolderRows
 from synalign_ray.config import SynAlignConfig
 from synalign_ray.errors import InputError
 
@@ -34,13 +35,21 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _stage(run_dir: io.Location, name: str) -> tuple[dict[str, Any], Any]:
+def _stage(run_dir: io.Location, cfg: SynAlignConfig, name: str) -> tuple[dict[str, Any], FolderRows]:
+    """A complete stage folder's manifest and its rows, left in the folder (the report scans ids and small columns
+    and reads only the rows it shows)."""
     from synalign_ray.run_folder import RunFolder
 
-    folder = RunFolder(run_dir.join(name))
+    folder = RunFolder(run_dir.join(name), cfg.storage)
     if (manifest := folder.manifest()) is None:
         raise InputError(f"{folder.url} is not complete: run `synalign run` to the end before the report")
-    return manifest, folder.read(manifest)
+    return manifest, FolderRows(folder.url, tuple(manifest["parts"]), cfg.storage)
+
+
+def _in_order(rows: FolderRows, ids: np.ndarray, columns: list[str]) -> pa.Table:
+    """The rows with these ids, in the order given (FolderRows.take returns them in id order)."""
+    table = rows.take(ids, columns)
+    return table.take(pa.array(np.searchsorted(table.column(io.ROW_ID).to_numpy(), ids)))
 
 
 def frontier_figure(al_manifest: dict[str, Any]) -> str | None:
@@ -78,28 +87,31 @@ def build_figures(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, 
     import matplotlib.pyplot as plt
 
     rng = np.random.default_rng(cfg.selection.seed)
-    _, real = _stage(run_dir, "embeddings")
-    gen_manifest, gen = _stage(run_dir, "generated_embeddings")
-    gen = _kept(gen)
-    al_manifest, aligned = _stage(run_dir, "aligned")
+    _, real = _stage(run_dir, cfg, "embeddings")
+    _, gen = _stage(run_dir, cfg, "generated_embeddings")
+    gen = FolderRows(gen.url, gen.parts, cfg.storage, kept_column="drop_reason")  # the kept rows
+    al_manifest, _ = _stage(run_dir, cfg, "aligned")
+    aligned = io.read_parts(run_dir.join("aligned"), al_manifest, ["generated_id", "weight"])
     gen_gen_manifest = io.read_manifest(run_dir.join("generated"))
-    real_emb = io.embeddings_from_arrow(real.column(io.EMBEDDING))
-    gen_emb = io.embeddings_from_arrow(gen.column(io.EMBEDDING))
+    real_ids = real.scan([]).column(io.ROW_ID).to_numpy()
+    kept = gen.scan(["group_id", "demo_row_ids"])
     figures: dict[str, str] = {}
 
-    # Groups' anchors (first demonstration of each group, in issue order) are always on the map.
-    groups = sorted({(r["group_id"], r["demo_row_ids"][0]) for r in
-                     gen.select(["group_id", "demo_row_ids"]).to_pylist()})
-    row_pos = {rid: i for i, rid in enumerate(real.column(io.ROW_ID).to_pylist())}
-    anchors = np.array([row_pos[a] for _, a in groups if a in row_pos], dtype=np.int64)
-    others = np.setdiff1d(np.arange(len(real_emb)), anchors)
+    # Groups' anchors (first demonstration of each group, in issue order) are on the map, MAP_ROWS at most.
+    groups = sorted({(g, d[0]) for g, d in zip(kept.column("group_id").to_pylist(),
+                                               kept.column("demo_row_ids").to_pylist())})[:MAP_ROWS]
+    at = np.searchsorted(real_ids, [a for _, a in groups]).astype(np.int64)
+    anchors = np.asarray([p for p, (_, a) in zip(at, groups) if p < len(real_ids) and real_ids[p] == a], np.int64)
+    others = np.setdiff1d(np.arange(len(real_ids)), anchors)
     take = rng.choice(others, size=min(len(others), max(MAP_ROWS - len(anchors), 0)), replace=False)
     real_idx = np.concatenate([anchors, np.sort(take)])
-    gen_idx = np.sort(rng.choice(len(gen_emb), size=min(len(gen_emb), MAP_ROWS), replace=False))
-    points = metrics.tsne_map(np.vstack([real_emb[real_idx], gen_emb[gen_idx]]), seed=cfg.selection.seed)
+    kept_ids = kept.column(io.ROW_ID).to_numpy()
+    gen_idx = np.sort(rng.choice(len(kept_ids), size=min(len(kept_ids), MAP_ROWS), replace=False))
+    real_emb = io.embeddings_from_arrow(_in_order(real, real_ids[real_idx], [io.EMBEDDING]).column(io.EMBEDDING))
+    gen_emb = io.embeddings_from_arrow(gen.take(kept_ids[gen_idx], [io.EMBEDDING]).column(io.EMBEDDING))
+    points = metrics.tsne_map(np.vstack([real_emb, gen_emb]), seed=cfg.selection.seed)
     real_2d, gen_2d = points[:len(real_idx)], points[len(real_idx):]
-    gen_ids = gen.column(io.ROW_ID).to_pylist()
-    gen_pos = {int(gen_ids[j]): i for i, j in enumerate(gen_idx)}
+    gen_pos = {int(kept_ids[j]): i for i, j in enumerate(gen_idx)}
     chosen = [gen_pos[int(j)] for j in aligned.column("generated_id").to_pylist() if j is not None and int(j) in gen_pos]
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.8), sharex=True, sharey=True)
@@ -134,7 +146,7 @@ def build_figures(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, 
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.hist(weights, bins=40, color="tab:purple")
         ess = al_manifest.get("fit", {}).get("ess")
-        ax.set_title(f"weights of resampled rows (ESS {ess:.0f} of {len(gen_emb)})" if ess else "weights")
+        ax.set_title(f"weights of resampled rows (ESS {ess:.0f} of {len(kept_ids)})" if ess else "weights")
         ax.set_xlabel("ω")
         figures["weights"] = _png(fig)
 
@@ -172,13 +184,6 @@ def build_figures(run_dir: io.Location, cfg: SynAlignConfig, summary: dict[str, 
     return figures
 
 
-def _kept(gen):
-    """The generated rows that passed every quality check (all of them in runs without the column)."""
-    import pyarrow.compute as pc
-
-    return gen.filter(pc.is_null(gen.column("drop_reason"))) if "drop_reason" in gen.column_names else gen
-
-
 def _cell(value: Any) -> str:
     if value is None:
         return "<td>–</td>"
@@ -204,38 +209,48 @@ SHOWN_ROWS = 6
 
 def text_samples(run_dir: io.Location, cfg: SynAlignConfig, seed: int) -> str:
     """Per label, side by side as a person reads them: demonstrations, kept rows, dropped rows with the check they
-    failed, and rows the alignment drew (seeded samples)."""
-    import pyarrow.compute as pc
-
+    failed, and rows the alignment drew (seeded samples). Only the texts shown are read."""
     rng = np.random.default_rng(seed)
-    _, real = _stage(run_dir, "embeddings")
-    _, gen = _stage(run_dir, "generated_embeddings")
-    _, aligned = _stage(run_dir, "aligned")
+    _, real = _stage(run_dir, cfg, "embeddings")
+    _, gen = _stage(run_dir, cfg, "generated_embeddings")
+    al_manifest, _ = _stage(run_dir, cfg, "aligned")
     label_col = cfg.data.label_column
-    real_text = dict(zip(real.column(io.ROW_ID).to_pylist(), real.column(cfg.data.text_column).to_pylist()))
-    drawn_ids = set(aligned.column("generated_id").drop_null().to_pylist())
+    index = gen.scan(["label", "drop_reason", "demo_row_ids"])
+    ids = index.column(io.ROW_ID).to_numpy()
+    gen_labels = index.column("label").to_pylist()
+    reasons = index.column("drop_reason").to_pylist()
+    demo_lists = index.column("demo_row_ids").to_pylist()
+    drawn_ids = set(io.read_parts(run_dir.join("aligned"), al_manifest, ["generated_id"])
+                    .column("generated_id").drop_null().to_pylist())
 
-    def pick(table, n):
-        idx = np.sort(rng.choice(table.num_rows, size=min(n, table.num_rows), replace=False))
-        return table.take(pa.array(idx, pa.int64())) if len(idx) else table.slice(0, 0)
+    def pick(positions: np.ndarray, n: int) -> np.ndarray:
+        return positions[np.sort(rng.choice(len(positions), size=min(n, len(positions)), replace=False))]
 
-    labels = sorted(set(gen.column("label").to_pylist()), key=str)
+    shown = []  # per label: its title and (title, generated-row positions or real ids) per column
+    for label in sorted(set(gen_labels), key=str):
+        rows = np.flatnonzero([v == label for v in gen_labels]) if label is not None else np.arange(len(ids))
+        demo_ids: list[int] = []
+        for demos in [demo_lists[rows[0]], demo_lists[rows[-1]]] if len(rows) else []:
+            demo_ids += [i for i in demos[:SHOWN_ROWS // 2] if i not in demo_ids]
+        kept = rows[[reasons[i] is None for i in rows]] if len(rows) else rows
+        dropped = rows[[reasons[i] is not None for i in rows]] if len(rows) else rows
+        drawn = kept[[int(ids[i]) in drawn_ids for i in kept]] if len(kept) else kept
+        shown.append((label, demo_ids, [(f"kept ({len(kept)})", pick(kept, SHOWN_ROWS)),
+                                        (f"dropped ({len(dropped)})", pick(dropped, SHOWN_ROWS)),
+                                        (f"drawn by alignment ({len(drawn)} distinct)", pick(drawn, SHOWN_ROWS))]))
+    wanted = np.unique(np.concatenate([p for _, _, cols in shown for _, p in cols] + [np.zeros(0, np.int64)]))
+    texts = dict(zip(ids[wanted].tolist(), gen.take(ids[wanted], ["text"]).column("text").to_pylist()))
+    demo_wanted = np.unique(np.asarray([i for _, d, _ in shown for i in d], np.int64))
+    demo_rows = real.take(demo_wanted, [cfg.data.text_column])
+    real_text = dict(zip(demo_rows.column(io.ROW_ID).to_pylist(), demo_rows.column(cfg.data.text_column).to_pylist()))
     sections = []
-    for label in labels:
-        rows = gen.filter(pc.equal(gen.column("label"), label)) if label is not None else gen
-        demo_ids = []
-        for ids in rows.column("demo_row_ids").to_pylist()[:1] + rows.column("demo_row_ids").to_pylist()[-1:]:
-            demo_ids += [i for i in ids[:SHOWN_ROWS // 2] if i not in demo_ids]
-        kept = rows.filter(pc.is_null(rows.column("drop_reason")))
-        dropped = rows.filter(pc.invert(pc.is_null(rows.column("drop_reason"))))
-        drawn = kept.filter(pa.array([i in drawn_ids for i in kept.column(io.ROW_ID).to_pylist()], pa.bool_()))
-        lists = [("demonstrations (real)", [real_text.get(i, "") for i in demo_ids]),
-                 (f"kept ({kept.num_rows})", pick(kept, SHOWN_ROWS).column("text").to_pylist()),
-                 (f"dropped ({dropped.num_rows})", [f"[{r['drop_reason']}] {r['text']}"
-                                                    for r in pick(dropped, SHOWN_ROWS).to_pylist()]),
-                 (f"drawn by alignment ({drawn.num_rows} distinct)", pick(drawn, SHOWN_ROWS).column("text").to_pylist())]
-        cells = "".join(f"<td><b>{html.escape(title)}</b><ul>" + "".join(f"<li>{html.escape(t[:300])}</li>" for t in texts)
-                        + "</ul></td>" for title, texts in lists)
+    for label, demo_ids, cols in shown:
+        lists = [("demonstrations (real)", [real_text.get(i, "") for i in demo_ids])]
+        for title, positions in cols:
+            lists.append((title, [f"[{reasons[i]}] {texts[int(ids[i])]}" if reasons[i] is not None
+                                  else texts[int(ids[i])] for i in positions]))
+        cells = "".join(f"<td><b>{html.escape(title)}</b><ul>" + "".join(f"<li>{html.escape(t[:300])}</li>" for t in texts_)
+                        + "</ul></td>" for title, texts_ in lists)
         sections.append(f"<h3>{html.escape(str(label_col or 'rows'))}: {html.escape(str(label))}</h3>"
                         f"<table class='text'><tr>{cells}</tr></table>")
     return "".join(sections)

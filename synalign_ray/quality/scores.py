@@ -34,6 +34,19 @@ def seeded_subsample(n: int, size: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(rng.choice(n, size=size, replace=False))
 
 
+def scored_sample(groups: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Positions of the rows a set is scored on: all of them when there are at most `size`, else whole groups
+    (`groups`: each row's group id) in a seeded order until there are at least `size` rows, so that the
+    within-group cosine still sees every row of a group. Sorted."""
+    groups = np.asarray(groups)
+    if len(groups) <= size:
+        return np.arange(len(groups))
+    _, inverse, counts = np.unique(groups, return_inverse=True, return_counts=True)
+    order = np.random.default_rng(seed).permutation(len(counts))
+    chosen = order[:int(np.searchsorted(np.cumsum(counts[order]), size)) + 1]
+    return np.flatnonzero(np.isin(inverse, chosen))
+
+
 def near_copy_max_cosine(gen_emb: np.ndarray, reference_emb: np.ndarray, chunk: int = 4096) -> np.ndarray:
     """For each generated row, the largest cosine to any reference row (rows L2-normalised).
 
@@ -113,20 +126,37 @@ def own_label_probability(train_emb: np.ndarray, train_labels: Sequence[Any], ge
     cannot be judged and reads 1.0, as does every row when the training rows hold fewer than two labels.
 
     The filter twin of label_agreement (with two labels, probability ≥ 0.5 is agreement): fit it on input rows
-    only, never on the rows a run is scored against.
+    only, never on the rows a run is scored against. fit_label_classifier + label_probability, for callers that fit
+    once and judge rows in several places.
     """
+    return label_probability(fit_label_classifier(train_emb, train_labels, seed, max_rows), gen_emb, gen_labels)
+
+
+def fit_label_classifier(train_emb: np.ndarray, train_labels: Sequence[Any], seed: int,
+                         max_rows: int = MAX_SCORED_ROWS) -> Any | None:
+    """own_label_probability's classifier (None when the training rows hold fewer than two labels)."""
     from sklearn.linear_model import LogisticRegression
 
     train_y = np.asarray([str(v) for v in train_labels], dtype=object)
-    gen_y = np.asarray([str(v) for v in gen_labels], dtype=object)
-    if len(gen_y) != len(gen_emb) or len(train_y) != len(train_emb):
+    if len(train_y) != len(train_emb):
         raise ValueError("own_label_probability: labels and embeddings differ in length")
-    out = np.ones(len(gen_y), dtype=np.float64)
-    if len(gen_y) == 0 or len(np.unique(train_y)) < 2:
-        return out
+    if len(np.unique(train_y)) < 2:
+        return None
     keep = seeded_subsample(len(train_y), max_rows, np.random.default_rng(seed))
     with _one_thread():
-        clf = LogisticRegression(max_iter=2000).fit(np.asarray(train_emb)[keep], train_y[keep])
+        return LogisticRegression(max_iter=2000).fit(np.asarray(train_emb)[keep], train_y[keep])
+
+
+def label_probability(clf: Any | None, gen_emb: np.ndarray, gen_labels: Sequence[Any]) -> np.ndarray:
+    """Per row, the probability `clf` (fit_label_classifier's) gives the row's own label; 1.0 where it cannot judge
+    (no classifier, or a label it never saw)."""
+    gen_y = np.asarray([str(v) for v in gen_labels], dtype=object)
+    if len(gen_y) != len(gen_emb):
+        raise ValueError("own_label_probability: labels and embeddings differ in length")
+    out = np.ones(len(gen_y), dtype=np.float64)
+    if len(gen_y) == 0 or clf is None:
+        return out
+    with _one_thread():
         proba = clf.predict_proba(np.asarray(gen_emb))
     column = {c: i for i, c in enumerate(clf.classes_)}
     known = np.flatnonzero([y in column for y in gen_y])
@@ -196,10 +226,12 @@ def mean_within_group_cosine(emb: np.ndarray, group_ids: Sequence[Any]) -> float
 def score_set(gen_emb: np.ndarray, gen_labels: Sequence[Any] | None, gen_texts: Sequence[str],
               real_emb: np.ndarray, real_labels: Sequence[Any] | None, seed: int,
               group_ids: Sequence[Any] | None = None, input_cosine: np.ndarray | None = None,
-              near_copy_cosine: float = 0.95) -> dict[str, Any]:
-    """The set-level table for one set of generated rows against real (held-out) rows.
+              near_copy_cosine: float = 0.95, rows: int | None = None) -> dict[str, Any]:
+    """The set-level table for one set of generated rows against real (held-out) rows; `rows`: the set's size when
+    the rows given are a sample of it (scored_sample's), else their number.
 
-    Keys: rows; scored_rows and reference_rows (generated and real rows MAUVE and label agreement used, after
+    Keys: rows; sample_rows (the rows given: nearest-real cosine, near-copy rate, distinct-2 and within-group cosine
+    are theirs); scored_rows and reference_rows (generated and real rows MAUVE and label agreement used, after
     seeded subsampling to MAX_SCORED_ROWS); two_sample_rows (rows per side of the balanced two-sample test);
     two_sample_auc; label_agreement (None without labels on both sides, or with one real label:
     label_agreement_skipped says why); mauve; nearest_real_cosine_median/_p10/_p90; near_copy_rate (share with
@@ -209,32 +241,33 @@ def score_set(gen_emb: np.ndarray, gen_labels: Sequence[Any] | None, gen_texts: 
     """
     gen = np.asarray(gen_emb, dtype=np.float32)
     real = np.asarray(real_emb, dtype=np.float32)
-    rows = len(gen)
+    sample = len(gen)
     out: dict[str, Any] = {
-        "rows": rows, "scored_rows": min(rows, MAX_SCORED_ROWS), "reference_rows": min(len(real), MAX_SCORED_ROWS),
-        "two_sample_rows": min(rows, len(real), MAX_SCORED_ROWS), "two_sample_auc": None,
+        "rows": sample if rows is None else rows, "sample_rows": sample, "scored_rows": min(sample, MAX_SCORED_ROWS),
+        "reference_rows": min(len(real), MAX_SCORED_ROWS),
+        "two_sample_rows": min(sample, len(real), MAX_SCORED_ROWS), "two_sample_auc": None,
         "label_agreement": None, "mauve": None,
         "nearest_real_cosine_median": None, "nearest_real_cosine_p10": None, "nearest_real_cosine_p90": None,
         "near_copy_rate": None, "distinct_2": distinct_n(list(gen_texts), 2), "within_group_cosine": None,
     }
-    if rows >= 1 and len(real) >= 1:
+    if sample >= 1 and len(real) >= 1:
         nearest = near_copy_max_cosine(gen, real)
         p10, median, p90 = np.percentile(nearest, [10, 50, 90])
         out.update(nearest_real_cosine_median=float(median), nearest_real_cosine_p10=float(p10),
                    nearest_real_cosine_p90=float(p90))
-    if rows >= 1 and input_cosine is not None:
+    if sample >= 1 and input_cosine is not None:
         out["near_copy_rate"] = float(np.mean(np.asarray(input_cosine) >= near_copy_cosine))
-    if rows >= 2 and len(real) >= 2:
+    if sample >= 2 and len(real) >= 2:
         out["two_sample_auc"] = two_sample_auc(gen, real, seed)
         out["mauve"] = mauve_score(gen, real, seed)
-    if gen_labels is not None and real_labels is not None and rows >= 1:
+    if gen_labels is not None and real_labels is not None and sample >= 1:
         if len(set(map(str, real_labels))) < 2:
             out["label_agreement_skipped"] = "the real rows hold fewer than two labels"
         else:
-            keep = seeded_subsample(rows, MAX_SCORED_ROWS, np.random.default_rng(seed))
+            keep = seeded_subsample(sample, MAX_SCORED_ROWS, np.random.default_rng(seed))
             labels = list(gen_labels)
             out["label_agreement"] = label_agreement(real, real_labels, gen[keep], [labels[i] for i in keep], seed)
-    if group_ids is not None and rows >= 2:
+    if group_ids is not None and sample >= 2:
         within = mean_within_group_cosine(gen, group_ids)
         out["within_group_cosine"] = None if np.isnan(within) else within
     return out

@@ -95,8 +95,9 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: Sta
         # The input rows stay in their folder: the steps below read the few they score or send tasks to them.
         real = FolderRows.of(run_dir.join("embeddings").url, cfg.storage, "embeddings")
         real_rows = manifests["embeddings"]["rows"]
-        # Kept and dropped rows embedded; near-copies of input rows and label mismatches marked dropped.
-        manifests["generated_embeddings"], gen_embedded = timed("embed_generated", lambda: _generated_embeddings_stage(
+        # Kept and dropped rows embedded by marker actors; near-copies of input rows and label mismatches marked
+        # dropped.
+        manifests["generated_embeddings"] = timed("embed_generated", lambda: _generated_embeddings_stage(
             run_dir, run_dir.join("generated"), gen, real, stage_cfg))
         kept_rows = manifests["generated_embeddings"]["kept_rows"]
         if kept_rows == 0:
@@ -105,8 +106,8 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: Sta
                              f"{run_dir.join('generated_embeddings').url}")
         manifests["aligned"] = al = timed("align", lambda: _align_kept(run_dir, stage_cfg("aligned")))
         # What the rows are worth: every set scored against real rows the generator never saw.
-        quality = timed("quality", lambda: _score_run(cfg, real, gen_embedded,
-                                                      io.read_parts(run_dir.join("aligned"), al)))
+        generated = FolderRows.of(run_dir.join("generated_embeddings").url, cfg.storage, "generated rows")
+        quality = timed("quality", lambda: _score_run(cfg, real, generated, run_dir.join("aligned"), al))
 
     manifest = stamp({
         "kind": "run", "input": cfg.data.path,

@@ -10,25 +10,25 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from synalign_ray import io
 from synalign_ray.config import SynAlignConfig
+from synalign_ray.errors import InputError
 from synalign_ray.alignment.rows import FolderRows
 from synalign_ray.stages.align import ensure_embedded, read_rows
 from synalign_ray.run_folder import RunFolder, settings_for
 from synalign_ray.stages.common import DROP_REASON, GENERATED_ID, stamp
 from synalign_ray.stages.common import top_reasons as _top_reasons
-from synalign_ray.stages.embed import embed_rows
+from synalign_ray.stages.mark import INPUT_COSINE
 
 log = logging.getLogger(__name__)
 
 
-INPUT_COSINE = "nearest_input_cosine"  # each generated row's largest cosine to an input row
-
-
 def input_cosine(real: FolderRows, gen_emb: np.ndarray) -> np.ndarray:
     """Per generated row, its largest cosine to any input row (quality.near_copy_max_cosine): one Ray task per part
-    of the input's embeddings folder, each reading its part; the driver keeps the running maximum."""
+    of the input's embeddings folder, each reading its part; the driver keeps the running maximum. For a scored
+    sample of a folder written before generated_embeddings carried the column."""
     import ray
 
     best = np.full(len(gen_emb), -np.inf, dtype=np.float32)
@@ -55,98 +55,91 @@ def _part_input_cosine(real: FolderRows, part: str, gen: np.ndarray) -> np.ndarr
 
 
 def _generated_embeddings_stage(run_dir: io.Location, gen_loc: io.Location, gen_manifest: dict[str, Any],
-                                real: FolderRows, stage_cfg) -> tuple[dict[str, Any], pa.Table]:
+                                real: FolderRows, stage_cfg) -> dict[str, Any]:
     """Embed every generated row, kept and dropped (the quality table scores both), with its largest cosine to an
     input row (nearest_input_cosine), and mark the kept rows that repeat an input row in other words (near_copy),
     carry a label the input rows' classifier contradicts (label_mismatch) or repeat a row of their own group
     (near_duplicate) as dropped; or reuse the complete folder. `real`: the run's embeddings folder, which stays
-    there: tasks compare the rows part by part, and the classifier gets its seeded sample."""
+    there. Marker actors do the work unit by unit (stages/mark.py); the driver fits the label classifier on a
+    seeded sample of input rows and sums the counts."""
     cfg = stage_cfg("generated_embeddings")
     # The marks depend on the quality and dedup settings as well as on the rows and the encoder.
     settings = settings_for(cfg, ("data", "embedding", "generation", "quality"))
     with RunFolder(run_dir.join("generated_embeddings"), cfg.storage).open(settings, cfg.output.overwrite) as folder:
         if folder.reused is not None:
-            return folder.reused, folder.read(folder.reused)
-        out, manifest = _embed_and_mark(cfg, gen_loc, gen_manifest, real)
-        parts = folder.write_table(out, cfg.output.rows_per_part)
-        return folder.finish(stamp({**manifest, "parts": parts, "rows": out.num_rows, "columns": out.column_names},
-                                   folder, cfg)), out
+            return folder.reused
+        return folder.finish(stamp(_embed_and_mark(cfg, gen_loc, gen_manifest, real, folder), folder, cfg))
 
 
-def _input_ids_and_labels(cfg: SynAlignConfig, real: FolderRows) -> tuple[np.ndarray, np.ndarray | None]:
-    """The input rows' ids (sorted) and labels (None without a label column): the one pass over the folder."""
+def _input_ids(real: FolderRows) -> np.ndarray:
+    """The input rows' ids, sorted: the one column of the folder the driver scans."""
+    return real.scan([]).column(io.ROW_ID).to_numpy()
+
+
+def _demo_ids(parts: list[tuple[str, str]], storage) -> set[int]:
+    """The input row ids the generated rows' groups showed the generator (their demo_row_ids column)."""
+    demos: set[int] = set()
+    for url, name in parts:
+        loc = io.resolve(url, storage)
+        with loc.fs.open(loc.join(name).path, "rb") as fh:
+            column = pq.read_table(fh, columns=["demo_row_ids"]).column("demo_row_ids")
+        demos.update(pc.list_flatten(column).to_pylist())
+    return demos
+
+
+def _label_classifier(cfg: SynAlignConfig, real: FolderRows, demos: set[int]) -> Any:
+    """The label check's classifier, fit on a seeded sample of input rows outside the scoring reference (so the
+    check never sees the rows label agreement uses); None when the check is off or the input has no labels."""
     label = cfg.data.label_column
-    labelled = bool(label) and label in real.schema().names
-    scan = real.scan([label] if labelled else [])
-    labels = np.asarray(scan.column(label).to_pylist(), dtype=object) if labelled else None
-    return scan.column(io.ROW_ID).to_numpy(), labels
+    if cfg.quality.label_min_probability <= 0 or not label or label not in real.schema().names:
+        return None
+    from synalign_ray.quality import fit_label_classifier
+    from synalign_ray.quality.scores import MAX_SCORED_ROWS, seeded_subsample
+
+    ids = _input_ids(real)
+    train = ids[~np.isin(ids, _quality_reference_split(cfg, ids, demos)[0])]
+    # fit_label_classifier's own seeded sample, taken here so that only those rows are read.
+    train = train[seeded_subsample(len(train), MAX_SCORED_ROWS, np.random.default_rng(cfg.quality.seed))]
+    rows = real.take(train, [io.EMBEDDING, label])
+    return fit_label_classifier(io.embeddings_from_arrow(rows.column(io.EMBEDDING)), rows.column(label).to_pylist(),
+                                cfg.quality.seed)
 
 
-def _embed_and_mark(cfg: SynAlignConfig, gen_loc: io.Location, gen_manifest: dict[str, Any],
-                    real: FolderRows) -> tuple[pa.Table, dict[str, Any]]:
-    from synalign_ray.generation.ledger import DROPPED_SCHEMA, dropped_location
+def _manifest_of(loc: io.Location, cfg: SynAlignConfig) -> dict[str, Any]:
+    if (manifest := RunFolder(loc, cfg.storage).manifest()) is None:
+        raise InputError(f"{loc.url} has no {io.MANIFEST}: it is not a completed synalign output")
+    return manifest
 
-    kept = RunFolder(gen_loc, cfg.storage).read(gen_manifest)
-    kept = kept.append_column(DROP_REASON, pa.nulls(kept.num_rows, pa.string()))
-    dropped = RunFolder(dropped_location(gen_loc), cfg.storage).read() if gen_manifest.get("dropped_rows") else None
-    rows = pa.concat_tables([kept.cast(DROPPED_SCHEMA)] + ([dropped.cast(DROPPED_SCHEMA)] if dropped else []))
-    rows = rows.append_column(io.ROW_ID, pa.array(np.arange(rows.num_rows, dtype=np.int64)))
-    out = embed_rows(rows, cfg, "text")
-    emb = io.embeddings_from_arrow(out.column(io.EMBEDDING))
-    nearest = input_cosine(real, emb)
-    out = out.append_column(INPUT_COSINE, pa.array(nearest.astype(np.float64)))
-    reasons = out.column(DROP_REASON).to_pylist()
+
+def _embed_and_mark(cfg: SynAlignConfig, gen_loc: io.Location, gen_manifest: dict[str, Any], real: FolderRows,
+                    folder: RunFolder) -> dict[str, Any]:
+    from synalign_ray.generation.ledger import dropped_location
+    from synalign_ray.stages.mark import MarkRules, mark_units, plan_units
+
+    kept = [(gen_loc.url, p) for p in gen_manifest["parts"]]
+    dropped_loc = dropped_location(gen_loc)
+    # The dropped folder's own manifest lists its parts (RunFolder.read refuses an incomplete one).
+    dropped = [(dropped_loc.url, p) for p in _manifest_of(dropped_loc, cfg)["parts"]] \
+        if gen_manifest.get("dropped_rows") else []
+    units = plan_units(kept, dropped, cfg.storage, cfg.output.rows_per_part)
     q = cfg.quality
-    live = _live(reasons)
-    near_copies = _mark(reasons, live, nearest[live] >= q.near_copy_cosine, "near_copy")
-    label_mismatches = 0
-    ids, labels = _input_ids_and_labels(cfg, real) if q.label_min_probability > 0 else (None, None)
-    if labels is not None:
-        from synalign_ray.quality import own_label_probability
-        from synalign_ray.quality.scores import MAX_SCORED_ROWS, seeded_subsample
-
-        # Fit on input rows outside the scoring reference, so the check never sees the rows label agreement uses.
-        demos = {int(i) for ids_ in out.column("demo_row_ids").to_pylist() for i in ids_}
-        train = np.flatnonzero(~np.isin(ids, _quality_reference_split(cfg, ids, demos)[0]))
-        # own_label_probability's own seeded sample, taken here so that only those rows are read.
-        train = train[seeded_subsample(len(train), MAX_SCORED_ROWS, np.random.default_rng(q.seed))]
-        train_rows = real.take(ids[train], [io.EMBEDDING])
-        live = _live(reasons)
-        own = own_label_probability(io.embeddings_from_arrow(train_rows.column(io.EMBEDDING)), labels[train].tolist(),
-                                    emb[live], out.column("label").take(pa.array(live)).to_pylist(), q.seed)
-        label_mismatches = _mark(reasons, live, own < q.label_min_probability, "label_mismatch")
-    near_duplicates = 0
-    if cfg.generation.dedup_near_threshold is not None:
-        from synalign_ray.generation.dedup import near_duplicate_keep
-
-        live = _live(reasons)
-        keep = near_duplicate_keep(emb[live], out.column("group_id").to_numpy()[live],
-                                   cfg.generation.dedup_near_threshold)
-        near_duplicates = _mark(reasons, live, ~keep, "near_duplicate")
-    if q.filter:
-        out = out.set_column(out.column_names.index(DROP_REASON), DROP_REASON, pa.array(reasons, pa.string()))
+    rules = MarkRules(folder.url, cfg.storage, real, q.near_copy_cosine, q.label_min_probability,
+                      cfg.generation.dedup_near_threshold, q.filter,
+                      _label_classifier(cfg, real, _demo_ids(kept + dropped, cfg.storage)))
+    records = mark_units(units, rules, cfg.embedding)
     failed_checks = dict(gen_manifest.get("failed_checks", {}))
-    for name, count in (("near_copy", near_copies), ("label_mismatch", label_mismatches),
-                        ("near_duplicate", near_duplicates)):
-        if count:
-            failed_checks[name] = count
-    kept_rows = sum(r is None for r in reasons)
-    log.info("generated rows: %d kept, %d dropped (%s)", kept_rows, len(reasons) - kept_rows,
+    for record in records:
+        for name, count in record["failed_checks"].items():
+            failed_checks[name] = failed_checks.get(name, 0) + count
+    rows = sum(r["rows"] for r in records)
+    kept_rows = sum(r["kept_rows"] for r in records)
+    log.info("generated rows: %d kept, %d dropped (%s)", kept_rows, rows - kept_rows,
              _top_reasons(failed_checks, top=6) or "none")
-    return out, {"kind": "embeddings", "input": gen_loc.url, "model": cfg.embedding.model, "dim": emb.shape[1],
-                 "failed_checks": failed_checks, "kept_rows": kept_rows}
-
-
-def _live(reasons: list[str | None]) -> np.ndarray:
-    """Positions of the rows no check has dropped yet."""
-    return np.flatnonzero([r is None for r in reasons])
-
-
-def _mark(reasons: list[str | None], live: np.ndarray, failing: np.ndarray, reason: str) -> int:
-    """Give `reason` to the live rows where `failing` holds; the number marked."""
-    for i in live[failing]:
-        reasons[i] = reason
-    return int(failing.sum())
+    with folder.loc.fs.open(folder.loc.join(records[0]["part"]).path, "rb") as fh:
+        schema = pq.read_schema(fh)
+    return {"kind": "embeddings", "input": gen_loc.url, "model": cfg.embedding.model,
+            "dim": schema.field(io.EMBEDDING).type.list_size, "failed_checks": failed_checks, "kept_rows": kept_rows,
+            "parts": [r["part"] for r in records], "order": io.ROW_ID, "rows": rows, "columns": schema.names}
 
 
 def _quality_reference_split(cfg: SynAlignConfig, ids: np.ndarray, demos: set[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -163,18 +156,28 @@ def _quality_reference_split(cfg: SynAlignConfig, ids: np.ndarray, demos: set[in
     return unseen[np.sort(order[:size])], unseen[np.sort(order[size:])]
 
 
-def _score_run(cfg: SynAlignConfig, real: FolderRows, gen_embedded: pa.Table, aligned: pa.Table) -> dict[str, Any]:
+def _drawn_generated_ids(aligned: io.Location, manifest: dict[str, Any]) -> np.ndarray:
+    """The generated ids of the aligned draw's synthetic rows (with their repeats): the columns read."""
+    table = io.read_parts(aligned, manifest, ["source", GENERATED_ID])
+    if "source" in table.column_names:
+        table = table.filter(pc.equal(table.column("source"), "synthetic"))
+    return table.column(GENERATED_ID).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _score_run(cfg: SynAlignConfig, real: FolderRows, generated: FolderRows, aligned: io.Location,
+               aligned_manifest: dict[str, Any]) -> dict[str, Any]:
     """The quality table of a run: all generated rows, the kept ones and the aligned draw, each against a real
-    reference the generator never saw, beside the same scores for other real rows (the ceiling). Of the input
-    (`real`, the run's embeddings folder) only the reference and the ceiling's seeded sample are read."""
+    reference the generator never saw, beside the same scores for other real rows (the ceiling). The driver scans
+    ids and groups and reads only the rows it scores: of the input (`real`) the reference and the ceiling's seeded
+    sample, of the generated rows (`generated`, all of generated_embeddings) each set's scored sample."""
     from synalign_ray import quality
-    from synalign_ray.quality.scores import seeded_subsample
+    from synalign_ray.quality.scores import MAX_SCORED_ROWS, scored_sample, seeded_subsample
 
     q, label = cfg.quality, cfg.data.label_column
     rng = np.random.default_rng(q.seed)
-    ids, _ = _input_ids_and_labels(cfg, real)
-    demos = {int(i) for ids_ in gen_embedded.column("demo_row_ids").to_pylist() for i in ids_}
-    reference_ids, pool_ids = _quality_reference_split(cfg, ids, demos)
+    index = generated.scan(["group_id", DROP_REASON, "demo_row_ids"])
+    demos = set(pc.list_flatten(index.column("demo_row_ids")).to_pylist())
+    reference_ids, pool_ids = _quality_reference_split(cfg, _input_ids(real), demos)
     if q.reference_path:
         reference = ensure_embedded(read_rows(q.reference_path, cfg, "quality reference"), cfg)[0]
         where = f"{q.reference_path} ({min(reference.num_rows, q.reference_rows)} rows)"
@@ -189,25 +192,32 @@ def _score_run(cfg: SynAlignConfig, real: FolderRows, gen_embedded: pa.Table, al
     def labels_of(table: pa.Table, column: str) -> list | None:
         return table.column(column).to_pylist() if ref_labels is not None and column in table.column_names else None
 
-    if INPUT_COSINE not in gen_embedded.column_names:  # a folder written before the column existed
-        gen_embedded = gen_embedded.append_column(INPUT_COSINE, pa.array(input_cosine(
-            real, io.embeddings_from_arrow(gen_embedded.column(io.EMBEDDING))).astype(np.float64)))
-    kept = gen_embedded.filter(pc.is_null(gen_embedded.column(DROP_REASON)))
-    by_id = {int(g): i for i, g in enumerate(gen_embedded.column(io.ROW_ID).to_pylist())}
-    drawn = aligned.filter(pc.equal(aligned.column("source"), "synthetic")) if "source" in aligned.column_names \
-        else aligned
-    drawn = gen_embedded.take(pa.array([by_id[int(g)] for g in drawn.column(GENERATED_ID).to_pylist()]))
-    sets = {"all generated": gen_embedded, "kept": kept, "aligned draw": drawn}
+    gen_ids = index.column(io.ROW_ID).to_numpy()
+    groups = index.column("group_id").to_numpy()
+    set_ids = {"all generated": gen_ids,
+               "kept": gen_ids[pc.is_null(index.column(DROP_REASON)).to_numpy(zero_copy_only=False)],
+               "aligned draw": _drawn_generated_ids(aligned, aligned_manifest)}
+    # Sets above MAX_SCORED_ROWS are scored on whole groups in a seeded order (scored_sample): only those rows read.
+    sampled = {name: ids[scored_sample(groups[np.searchsorted(gen_ids, ids)], MAX_SCORED_ROWS, q.seed)]
+               for name, ids in set_ids.items()}
+    wanted = np.unique(np.concatenate(list(sampled.values())))
+    columns = [c for c in (io.EMBEDDING, "text", "label", "group_id", INPUT_COSINE) if c in generated.schema().names]
+    rows = generated.take(wanted, columns)
+    if INPUT_COSINE not in rows.column_names:  # a folder written before the column existed
+        rows = rows.append_column(INPUT_COSINE, pa.array(input_cosine(
+            real, io.embeddings_from_arrow(rows.column(io.EMBEDDING))).astype(np.float64)))
     scores = {}
-    for name, table in sets.items():
-        if table.num_rows == 0:
+    for name, ids in sampled.items():
+        if len(ids) == 0:
             continue
+        table = rows.take(pa.array(np.searchsorted(wanted, ids)))
         scores[name] = quality.score_set(
             io.embeddings_from_arrow(table.column(io.EMBEDDING)), labels_of(table, "label"),
             table.column("text").to_pylist(), ref_emb, ref_labels, q.seed, group_ids=table.column("group_id").to_pylist(),
-            input_cosine=table.column(INPUT_COSINE).to_numpy(), near_copy_cosine=q.near_copy_cosine)
+            input_cosine=table.column(INPUT_COSINE).to_numpy(), near_copy_cosine=q.near_copy_cosine,
+            rows=len(set_ids[name]))
     if len(pool_ids) >= 2:
-        size = max(kept.num_rows, 2)
+        size = max(len(sampled["kept"]), 2)
         # real_ceiling's own seeded sample of the pool, taken here so that only those rows are read.
         pool = real.take(pool_ids[seeded_subsample(len(pool_ids), size, np.random.default_rng(q.seed))])
         scores["real ceiling"] = quality.real_ceiling(

@@ -336,6 +336,28 @@ def test_score_set_caps_rows_and_reports_it(sst2_train, monkeypatch):
     labels, texts = rows.column("label").to_pylist(), rows.column("text").to_pylist()
     out = score_set(emb[:1200], labels[:1200], texts[:1200], emb[1200:], labels[1200:], seed=0)
     assert (out["rows"], out["scored_rows"], out["reference_rows"], out["two_sample_rows"]) == (1200, 500, 500, 500)
+    # A caller that passes a sample of a larger set (scored_sample's) names the set's size; the sample's stays.
+    sampled = score_set(emb[:1200], labels[:1200], texts[:1200], emb[1200:], labels[1200:], seed=0, rows=90_000)
+    assert (sampled["rows"], sampled["sample_rows"]) == (90_000, 1200)
+    assert {k: v for k, v in sampled.items() if k not in ("rows", "sample_rows")} == \
+        {k: v for k, v in out.items() if k not in ("rows", "sample_rows")}
+
+
+def test_scored_sample_takes_whole_groups_until_the_size():
+    from synalign_ray.quality.scores import scored_sample
+
+    groups = np.repeat(np.arange(300), np.random.default_rng(0).integers(1, 12, size=300))
+    np.testing.assert_array_equal(scored_sample(groups[:40], 40, seed=1), np.arange(40))
+    picked = scored_sample(groups, 500, seed=1)
+    chosen = np.unique(groups[picked])
+    assert np.isin(groups, chosen).sum() == len(picked)  # every row of a chosen group, no other row
+    assert len(picked) >= 500 and np.all(np.diff(picked) > 0)
+    # The fewest groups in the seeded order: without the last one chosen the sample falls short of the size.
+    order = np.random.default_rng(1).permutation(300)
+    assert set(chosen) == set(order[:len(chosen)])
+    assert np.isin(groups, order[:len(chosen) - 1]).sum() < 500
+    np.testing.assert_array_equal(scored_sample(groups, 500, seed=1), picked)
+    assert not np.array_equal(scored_sample(groups, 500, seed=2), picked)
 
 
 def test_score_set_without_labels_or_with_one_real_label(sst2_train):

@@ -172,6 +172,30 @@ def read_slice(plan: RealInput, piece: InputSlice, data: DataConfig, storage: St
         raise InputError(f"{where} does not fit the input's schema {plan.schema}: {err}") from None
 
 
+def scan_labels(plan: RealInput, data: DataConfig, storage: StorageConfig | None = None) -> pa.Table:
+    """The kept rows' ids and labels as strings (ids alone without `data.label_column`), in row-id order: what the
+    checks that need only labels and counts read before any row is embedded. Parquet slices read only the label
+    column; a JSONL or CSV file is parsed whole, one at a time."""
+    loc = io.resolve(plan.url, storage)
+    label = data.label_column
+    pieces = []
+    for piece in plan.slices:
+        if plan.format == "parquet":
+            with io.reading(loc, piece.file, plan.format, storage), loc.fs.open(piece.file, "rb") as fh:
+                table = pq.ParquetFile(fh).read_row_group(piece.row_group, columns=[label] if label else [])
+            table = table.append_column(
+                io.ROW_ID, pa.array(np.arange(piece.first_row_id, piece.first_row_id + piece.rows)))
+            if piece.keep is not None:
+                table = table.take(pa.array(piece.keep))
+        else:
+            table = read_slice(plan, piece, data, storage)
+        columns = {io.ROW_ID: table.column(io.ROW_ID)}
+        if label:
+            columns[label] = table.column(label).cast(pa.string())
+        pieces.append(pa.table(columns))
+    return pa.concat_tables(pieces)
+
+
 def _conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     columns = [table.column(f.name).cast(f.type) if f.name in table.column_names
                else pa.nulls(table.num_rows, f.type) for f in schema]

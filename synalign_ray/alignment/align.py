@@ -77,16 +77,20 @@ def align(cfg: SynAlignConfig, real: pa.Table, real_emb: np.ndarray, synthetic: 
         return folder.reused if folder.reused is not None else _align(cfg, plan, shards, folder)
 
 
+def scan_folder(cfg: SynAlignConfig, rows: FolderRows, name: str) -> pa.Table:
+    """A folder's row ids and labels (when it has the label column) under the alignment's names: what the plan
+    checks read."""
+    stored_as = {rows.rename.get(c, c): c for c in rows.schema().names}  # the alignment's name -> stored name
+    if cfg.data.text_column not in stored_as:
+        raise InputError(f"text column '{cfg.data.text_column}' not found in the {name} set ({rows.url})")
+    label = stored_as.get(cfg.data.label_column) if cfg.data.label_column else None
+    return rows.scan([label] if label else [])
+
+
 def align_folders(cfg: SynAlignConfig, real: FolderRows, synthetic: FolderRows, folder: RunFolder) -> dict[str, Any]:
     """`align` for rows in completed folders (a run's embeddings and its kept generated rows): the driver scans
     their ids and labels for the plan, and each shard reads its own row-id range of the parts."""
-    scans = {}
-    for name, rows in (("real", real), ("synthetic", synthetic)):
-        stored_as = {rows.rename.get(c, c): c for c in rows.schema().names}  # the alignment's name -> stored name
-        if cfg.data.text_column not in stored_as:
-            raise InputError(f"text column '{cfg.data.text_column}' not found in the {name} set ({rows.url})")
-        label = stored_as.get(cfg.data.label_column) if cfg.data.label_column else None
-        scans[name] = rows.scan([label] if label else [])
+    scans = {"real": scan_folder(cfg, real, "real"), "synthetic": scan_folder(cfg, synthetic, "synthetic")}
     plan = check_tables(cfg, scans["real"], scans["synthetic"])
 
     def shards() -> ShardSet:

@@ -105,8 +105,9 @@ def align_stage(cfg: SynAlignConfig, real_path: str, synthetic_path: str) -> dic
     synalign folders stay where they are (each shard reads its own rows); raw rows are embedded file to file into
     the output's `_embedded_real` / `_embedded_synthetic` folders first; files that carry their own embeddings are
     read here."""
-    from synalign_ray.alignment.align import align, align_folders
-    from synalign_ray.alignment.plan import check_inputs
+    from synalign_ray.alignment.align import align, align_folders, scan_folder
+    from synalign_ray.alignment.plan import check_inputs, check_tables
+    from synalign_ray.real_input import scan_labels
 
     settings = settings_for(cfg, ("data", "embedding", "alignment"), real=real_path, synthetic=synthetic_path)
     loc = io.resolve(cfg.output.path, cfg.storage)
@@ -115,6 +116,10 @@ def align_stage(cfg: SynAlignConfig, real_path: str, synthetic_path: str) -> dic
         # Both raw sides are checked before either is embedded.
         plans = {i: _raw_input_plan(path, cfg, side, loc) for i, (side, path)
                  in enumerate((("real", real_path), ("synthetic", synthetic_path))) if folders[i] is None}
+        # So are the plan's label checks (labels unknown to the real set, a held-out split that empties a label),
+        # on the sides' ids and labels alone.
+        check_tables(cfg, *[scan_labels(plans[i][1], plans[i][0].data, cfg.storage) if i in plans
+                            else scan_folder(cfg, folders[i], side) for i, side in enumerate(("real", "synthetic"))])
         with RunFolder(loc, cfg.storage).open(settings, cfg.output.overwrite) as folder:
             if folder.reused is not None:
                 return folder.reused

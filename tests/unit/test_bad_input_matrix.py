@@ -57,7 +57,9 @@ def workspace(tmp_path_factory, real_embeddings):
                     "int_text.parquet": pa.table({"text": [1, 2], "label": ["x", "y"]}),
                     "blank_text.parquet": pa.table({"text": ["a", " "], "label": ["x", "y"]}),
                     "null_label.parquet": pa.table({"text": ["a", "b"], "label": ["x", None]}),
-                    "no_label.parquet": pa.table({"text": ["a", "b"]})}.items():
+                    "no_label.parquet": pa.table({"text": ["a", "b"]}),
+                    "unknown_label.parquet": pa.table({"text": ["a fine film", "dull"], "label": ["neutral"] * 2})
+                    }.items():
         pq.write_table(t, root / name)
     (root / "bad.yaml").write_text("selection: {k: [1,\n")
     return root
@@ -106,6 +108,11 @@ MATRIX = {
                                    "data.label_column=null"], "needs labels"),
     "missing synthetic": (["align", "--real", SST2, "--synthetic", "{w}/none.parquet"], "not found"),
     "empty synthetic": (["align", "--real", SST2, "--synthetic", "{w}/empty.parquet", "--size", "10"], "has no rows"),
+    # Raw rows on both sides: the label checks run on the labels alone, before either side is embedded.
+    "raw synthetic label unknown": (["align", "--real", SST2, "--synthetic", "{w}/unknown_label.parquet"],
+                                    "synthetic labels ['neutral'] do not occur in the real set"),
+    "raw importance without labels": (["align", "--real", SST2, "--synthetic", "{w}/no_label.parquet",
+                                       "alignment.weighting=importance"], "the synthetic set has no label column"),
     "report on a non-run folder": (["report", "{w}/emb"], "not a completed `synalign run` directory"),
     "output is a file": (["embed", "--input", SST2, "--output", "{w}/notes.txt/out"], "is a file"),
 }

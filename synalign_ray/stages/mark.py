@@ -161,7 +161,8 @@ class GeneratedRowMarker:
         name = io.write_part(out, io.resolve(rules.out_url, rules.storage), f"part-{first:012d}.parquet",
                              rules.storage)
         return {"part": name, "first_row_id": first, "rows": out.num_rows,
-                "kept_rows": sum(r is None for r in reasons), "failed_checks": {k: v for k, v in counts.items() if v},
+                # The rows alignment uses: with quality.filter false, every row the generation kept.
+                "kept_rows": out.column(DROP_REASON).null_count, "failed_checks": {k: v for k, v in counts.items() if v},
                 "seconds": time.monotonic() - t0}
 
 

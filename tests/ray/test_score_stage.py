@@ -87,6 +87,20 @@ def test_marks_reuses_and_refuses_changed_settings(run_inputs):
     assert io.read_manifest(folder) == manifest
 
 
+def test_with_filter_false_the_checks_count_and_drop_nothing(run_inputs):
+    """quality.filter false: the near-copy is counted in failed_checks but keeps a null drop_reason, and kept_rows
+    counts the rows alignment uses (every row the generation kept), not the rows that passed every check."""
+    run_dir, gen_loc, gen_manifest, real = run_inputs
+    manifest = _generated_embeddings_stage(run_dir, gen_loc, gen_manifest, real,
+                                           _stage_cfg(run_dir, "quality.filter=false"))
+    out = RunFolder(run_dir.join("generated_embeddings")).read()
+    assert out.column(DROP_REASON).to_pylist() == [None] * KEPT + ["too_short"] * DROPPED
+    copies = int((out.column("nearest_input_cosine").to_numpy()[:KEPT]
+                  >= build_config({}).quality.near_copy_cosine).sum())
+    assert copies >= 1 and manifest["failed_checks"] == {"near_copy": copies, "too_short": DROPPED}
+    assert manifest["kept_rows"] == KEPT
+
+
 def test_marker_units_equal_one_pass_over_all_rows(tmp_path, real_embeddings, sentence_model, ray_local):
     """Three kept parts and the dropped part, checked by two marker actors one unit each, give every row the
     embedding, nearest input cosine and drop reason that one pass over all rows gives (label check and

@@ -115,7 +115,7 @@ def label_agreement(real_emb: np.ndarray, real_labels: Sequence[Any], gen_emb: n
         raise ValueError("label_agreement needs at least one generated row")
     keep = seeded_subsample(len(real_y), max_rows, np.random.default_rng(seed))
     with _one_thread():
-        clf = LogisticRegression(max_iter=2000).fit(np.asarray(real_emb)[keep], real_y[keep])
+        clf = LogisticRegression(max_iter=2000, class_weight="balanced").fit(np.asarray(real_emb)[keep], real_y[keep])
         return float(np.mean(clf.predict(np.asarray(gen_emb)) == gen_y))
 
 
@@ -144,7 +144,10 @@ def fit_label_classifier(train_emb: np.ndarray, train_labels: Sequence[Any], see
         return None
     keep = seeded_subsample(len(train_y), max_rows, np.random.default_rng(seed))
     with _one_thread():
-        return LogisticRegression(max_iter=2000).fit(np.asarray(train_emb)[keep], train_y[keep])
+        # Balanced class weights: with the rows' own label shares as the prior, a label of 1% of the rows loses most
+        # of its genuine rows to the 0.5 threshold (AG News, 'Sports' cut to 1% of the training rows: 88% of held-out
+        # Sports rows fell below it, against 12% with balanced weights; wrong-label rows caught 93-100% either way).
+        return LogisticRegression(max_iter=2000, class_weight="balanced").fit(np.asarray(train_emb)[keep], train_y[keep])
 
 
 def label_probability(clf: Any | None, gen_emb: np.ndarray, gen_labels: Sequence[Any]) -> np.ndarray:

@@ -291,14 +291,28 @@ def scale(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows:
     print(f"| embeddings alone (N·d·4 B) GiB | {emb.nbytes / 2**30:.2f} |")
 
 
+def _cpu_seconds() -> dict:
+    """CPU seconds (user + system) so far of this process (the coordinator) and of each shard actor process (Ray
+    titles them ray::PartitionShard…): the work that divides over K shows in the shards' columns even where the
+    machine has fewer cores than busy processes."""
+    import psutil
+
+    out = {"coordinator": sum(psutil.Process().cpu_times()[:2])}
+    for proc in psutil.process_iter(["cmdline", "cpu_times"]):
+        if "ray::PartitionShard" in " ".join(proc.info["cmdline"] or []):
+            out[proc.pid] = sum(proc.info["cpu_times"][:2])
+    return out
+
+
 def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, inducing_rows: int,
                   shard_counts: list[int], unlabelled: bool = False) -> None:
     """The same selection as the tracker actor of `synalign run` builds it: the tiled rows written once as an
     embeddings folder, K RowBlock actors each reading its row-id range, the partitions on K shard actors of one CPU
     each (they receive their rows from the blocks), the coordinator here holding positions, labels and per-row
-    scalars. Time per group at each K against K = the first, the tracker's memory growth in this process, and the
-    peak memory of all processes (Ray's included), summed as proportional set sizes so that the object store's
-    shared pages count once."""
+    scalars. Time per group at each K against K = the first, the CPU time per group of the coordinator and of the
+    shard actors (the busiest one and all together), the tracker's memory growth in this process, and the peak
+    memory of all processes (Ray's included), summed as proportional set sizes so that the object store's shared
+    pages count once."""
     import psutil
     import pyarrow as pa
     import ray
@@ -331,8 +345,9 @@ def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, induci
           f"actors of 1 CPU (1 BLAS thread) each, the coordinator in the driver; the rows read from an embeddings "
           f"folder ({emb_bytes / 2**30:.2f} GiB of float32)\n")
     print("| shard actors K | setup s | selection s | per group ms | per group vs K = first | same schedule as K = first | "
+          "CPU ms per group: coordinator | busiest shard | all shards | "
           "tracker growth in the driver GiB | peak memory, all processes (PSS) GiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     first, reference = None, None
     for k in shard_counts:
         with PeakRSS(interval=1.0, proportional=True) as peak:
@@ -350,15 +365,19 @@ def shard_scaling(rows: int, groups: int, partition_rows: int, rule: str, induci
             tracker.progress()  # the shards' replies to the constructor's tops() are in
             setup = time.perf_counter() - start  # reading the folder included
             growth = psutil.Process().memory_info().rss - before
+            cpu_before = _cpu_seconds()
             schedule = []
             while batch := tracker.next_groups(256):
                 schedule.extend(tuple(g["demo_row_ids"]) for g in batch)
             per_group = (time.perf_counter() - start - setup) / len(schedule)
+            cpu = {pid: (t - cpu_before.get(pid, 0.0)) / len(schedule) for pid, t in _cpu_seconds().items()}
         first = first or per_group
         reference = reference or schedule
+        shards_cpu = [t for pid, t in cpu.items() if pid != "coordinator"]
         print(f"| {k} | {setup:.1f} | {per_group * len(schedule):.1f} | {1e3 * per_group:.2f} | "
-              f"{per_group / first:.3f} | {'(reference)' if k == shard_counts[0] else schedule == reference} | {growth / 2**30:.2f} | {peak.peak / 2**30:.2f} |",
-              flush=True)
+              f"{per_group / first:.3f} | {'(reference)' if k == shard_counts[0] else schedule == reference} | "
+              f"{1e3 * cpu['coordinator']:.2f} | {1e3 * max(shards_cpu):.2f} | {1e3 * sum(shards_cpu):.2f} | "
+              f"{growth / 2**30:.2f} | {peak.peak / 2**30:.2f} |", flush=True)
         del tracker
     ray.shutdown()
 

@@ -95,7 +95,7 @@ def _cmd_run(args: argparse.Namespace) -> None:
     c = manifest["counts"]
     m = manifest["metrics"]
     print(f"run complete: {c['real_rows']} real rows, {c['groups']} groups -> {c['generated_rows']} generated -> "
-          f"{c['aligned_rows']} aligned rows ({c['distinct_fraction']:.1%} distinct); MMD² to real: random "
+          f"{c['kept_rows']} kept -> {c['aligned_rows']} aligned rows ({c['distinct_fraction']:.1%} distinct); MMD² to real: random "
           f"{m['random']['mmd2_rbf']:.4g}, aligned {m['aligned']['mmd2_rbf']:.4g}\n"
           f"output: {manifest['output']}\nreport: {manifest.get('report', '')}")
 

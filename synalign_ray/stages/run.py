@@ -124,6 +124,7 @@ def _run(cfg: SynAlignConfig, folder: RunFolder, plan: RealInput, stage_cfg: Sta
         "seconds_this_invocation": round(time.monotonic() - t_run, 3)}, folder, cfg)
     manifest["report"] = write_report(run_dir, cfg, manifest)
     folder.finish(manifest)
-    log.info("run complete: %d real rows -> %d generated -> %d aligned rows in %s", real_rows, gen["rows"],
-             al["counts"]["rows"], run_dir.url)
+    c = manifest["counts"]  # the same counts as the CLI's closing line
+    log.info("run complete: %d real rows -> %d generated -> %d kept -> %d aligned rows in %s", real_rows,
+             c["generated_rows"], c["kept_rows"], c["aligned_rows"], run_dir.url)
     return manifest

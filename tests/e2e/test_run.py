@@ -219,6 +219,9 @@ def test_ray_job_entry_point_on_a_two_node_cluster_with_s3_output(tmp_path, s3_b
         loc = io.resolve(out, cfg.storage)
         manifest = io.read_manifest(loc)
         assert manifest["kind"] == "run" and manifest["counts"]["groups"] == 4
+        c = manifest["counts"]  # the log's closing line counts what the manifest counts
+        assert (f"{c['generated_rows']} generated -> {c['kept_rows']} kept -> {c['aligned_rows']} aligned rows"
+                in job.stdout + job.stderr), job.stderr[-2000:]
         assert np.isfinite(manifest["metrics"]["aligned"]["mmd2_rbf"])
         generated, aligned = io.read_manifest(loc.join("generated")), io.read_manifest(loc.join("aligned"))
         assert len(set(generated["pool"]["nodes"])) == 2, generated["pool"]

@@ -160,16 +160,24 @@ def read_slice(plan: RealInput, piece: InputSlice, data: DataConfig, storage: St
 
             table = pcsv.read_csv(fh)
     where = io.file_url(loc, piece.file)
-    if table.num_rows != piece.rows:
-        raise InputError(f"{where} changed while it was read: {table.num_rows} rows, {piece.rows} when checked")
-    table = io.validate_text_table(table, data.text_column, data.label_column, where)
-    table = table.append_column(io.ROW_ID, pa.array(np.arange(piece.first_row_id, piece.first_row_id + piece.rows)))
-    if piece.keep is not None:
-        table = table.take(pa.array(piece.keep))
+    table = _sampled_with_ids(io.validate_text_table(_same_rows(table, piece, where), data.text_column,
+                                                     data.label_column, where), piece)
     try:
         return _conform(table, plan.schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
         raise InputError(f"{where} does not fit the input's schema {plan.schema}: {err}") from None
+
+
+def _same_rows(table: pa.Table, piece: InputSlice, where: str) -> pa.Table:
+    if table.num_rows != piece.rows:
+        raise InputError(f"{where} changed while it was read: {table.num_rows} rows, {piece.rows} when checked")
+    return table
+
+
+def _sampled_with_ids(table: pa.Table, piece: InputSlice) -> pa.Table:
+    """A slice's whole table with its `row_id` column, cut to the rows the seeded sample keeps."""
+    table = table.append_column(io.ROW_ID, pa.array(np.arange(piece.first_row_id, piece.first_row_id + piece.rows)))
+    return table if piece.keep is None else table.take(pa.array(piece.keep))
 
 
 def scan_labels(plan: RealInput, data: DataConfig, storage: StorageConfig | None = None) -> pa.Table:
@@ -183,10 +191,7 @@ def scan_labels(plan: RealInput, data: DataConfig, storage: StorageConfig | None
         if plan.format == "parquet":
             with io.reading(loc, piece.file, plan.format, storage), loc.fs.open(piece.file, "rb") as fh:
                 table = pq.ParquetFile(fh).read_row_group(piece.row_group, columns=[label] if label else [])
-            table = table.append_column(
-                io.ROW_ID, pa.array(np.arange(piece.first_row_id, piece.first_row_id + piece.rows)))
-            if piece.keep is not None:
-                table = table.take(pa.array(piece.keep))
+            table = _sampled_with_ids(_same_rows(table, piece, io.file_url(loc, piece.file)), piece)
         else:
             table = read_slice(plan, piece, data, storage)
         columns = {io.ROW_ID: table.column(io.ROW_ID)}

@@ -103,8 +103,6 @@ def label_agreement(real_emb: np.ndarray, real_labels: Sequence[Any], gen_emb: n
 
     Raises ValueError when the real rows hold fewer than two labels: there is no classifier to agree with.
     """
-    from sklearn.linear_model import LogisticRegression
-
     real_y = np.asarray([str(v) for v in real_labels], dtype=object)
     gen_y = np.asarray([str(v) for v in gen_labels], dtype=object)
     if len(gen_y) != len(gen_emb) or len(real_y) != len(real_emb):
@@ -113,9 +111,8 @@ def label_agreement(real_emb: np.ndarray, real_labels: Sequence[Any], gen_emb: n
         raise ValueError(f"label_agreement needs at least two labels among the real rows, got {sorted(set(real_y))}")
     if len(gen_y) == 0:
         raise ValueError("label_agreement needs at least one generated row")
-    keep = seeded_subsample(len(real_y), max_rows, np.random.default_rng(seed))
+    clf = fit_label_classifier(real_emb, real_y, seed, max_rows)
     with _one_thread():
-        clf = LogisticRegression(max_iter=2000, class_weight="balanced").fit(np.asarray(real_emb)[keep], real_y[keep])
         return float(np.mean(clf.predict(np.asarray(gen_emb)) == gen_y))
 
 

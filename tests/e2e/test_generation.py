@@ -42,7 +42,11 @@ def check_output(out_path, real, schedule_path, expect_groups):
         assert r["label"] == schedule[r["group_id"]]["label"]
         assert r["demo_row_ids"] == schedule[r["group_id"]]["demo_row_ids"]
         assert r["text"].strip()
-    covered = {r["group_id"] for r in rows} | set(manifest["failed_groups"])
+    # Every group is accounted for: rows kept, rows that failed a quality check (the tiny model can write only junk
+    # for a group: seen, a digit run), or a counted failure.
+    dropped = io.read_parts(ledger_mod.dropped_location(loc)).to_pylist() if manifest["dropped_rows"] else []
+    assert len(dropped) == manifest["dropped_rows"]
+    covered = {r["group_id"] for r in rows + dropped} | set(manifest["failed_groups"])
     assert covered == set(expect_groups) and manifest["groups_done"] == len(expect_groups)
     keys = [normalise_text(r["text"]) for r in rows]
     assert len(keys) == len(set(keys)), "exact duplicates must be removed"

@@ -72,8 +72,9 @@ class StepRunner:
         return moved
 
     def wait(self) -> None:
-        """Block until one awaited call answers."""
-        wait([c for _, calls in self._running.values() for c in calls], return_when=FIRST_COMPLETED)
+        """Block until one awaited call that had not answered answers. Only those: a step awaiting two shards, one
+        of which has answered, would otherwise make this return at once, and the caller spin (it took a core)."""
+        wait([c for _, calls in self._running.values() for c in calls if not c.done()], return_when=FIRST_COMPLETED)
 
     def drain(self) -> None:
         """Let every step finish."""

@@ -66,21 +66,26 @@ class PartitionShard:
     partition needs from the others: a group adds hᵀh of its new block of h, which the coordinator passes to every
     shard as `updates`. Variances only fall, so a stale candidate's score bounds its current one from above.
 
-    `tops()` reports every partition's best anchor candidates per label; `add(pid, anchor, updates)` forms the
+    The shard keeps every partition's best anchor candidates per label, each stale once its unit's Λ has moved on
+    since it was computed. `summary(label, updates)` answers for all its partitions of the label: it refreshes, in
+    this process, the stale ones that could hold the largest variance or the best score (lazily, highest bound
+    first), so the answer is exact and costs the coordinator one call. `add(pid, anchor, updates)` forms the
     anchor's group (its k most cosine-similar available rows of the same label in the same partition), observes it
-    and reports that partition's new candidates and new block of h; `refresh(pid, updates)` recomputes a partition's
-    candidates after other partitions' groups. Labels are plain strings (a single "" when the data is unlabelled);
-    row positions are global throughout.
+    and reports the label's new summary and the group's new block of h. Labels are plain strings (a single "" when
+    the data is unlabelled); row positions are global throughout.
     """
 
     def __init__(self, *row_parts: tuple[np.ndarray, np.ndarray], partitions: dict[int, dict[str, Any]], k: int,
-                 kernel: Kernel, tau: float, noise: float, inducing: dict[int, np.ndarray] | None = None):
+                 kernel: Kernel, tau: float, noise: float, stop_variance: float,
+                 inducing: dict[int, np.ndarray] | None = None):
         """`partitions`: pid → {"rows" (global positions), "labels", "weights" (None for the max-variance rule),
         "capacity", "sync_rows", "growth" (the last three as IncrementalGP takes them), "unit", and "points" (the
         rows' unit embeddings) unless `row_parts` bring them: (positions, unit rows) pairs from the row blocks, which
         reach a shard actor without passing through the tracker. `inducing`: unit → its inducing rows; a partition
-        of such a unit gets their Nyström features (inducing_features), computed here."""
+        of such a unit gets their Nyström features (inducing_features), computed here. `stop_variance`: the level
+        below which a label stops (summary reports whether any of its rows here is at or above it)."""
         self.k = k
+        self.stop_variance = stop_variance
         if row_parts:
             # One array with each partition's rows contiguous, filled part by part: the partitions' points are views
             # of it, so the shard holds its rows once (beside the received parts, until they are dropped).
@@ -110,6 +115,14 @@ class PartitionShard:
         for part in self._parts.values():
             if part.h is not None:
                 self._lam.setdefault(part.unit, [np.eye(part.h.shape[1]), None, 0])
+        # pid → label → (best score, global rows tied at it, largest variance), and the unit's Λ version (blocks
+        # applied) it was computed at; a label is absent where fewer than k+1 of its rows are available.
+        self._tops = {pid: self._partition_tops(part) for pid, part in self._parts.items()}
+        self._tops_version = {pid: 0 for pid in self._parts}
+        self._label_parts: dict[str, list[int]] = {}
+        for pid, part in sorted(self._parts.items()):
+            for label in part.label_local:
+                self._label_parts.setdefault(str(label), []).append(pid)
 
     def state_bytes(self, used: bool = False) -> int:
         """Bytes allocated for the float32 V, the features and the float64 h of all partitions held here; with
@@ -119,15 +132,61 @@ class PartitionShard:
         return sum(p.gp._v_t.nbytes + (0 if p.h is None else p.gp.features.nbytes + p.h.nbytes)
                    for p in self._parts.values())
 
-    def tops(self) -> dict[int, dict[str, tuple[float, np.ndarray, float]]]:
-        """pid → label → (best score, global rows tied at it, largest variance), for every partition held."""
-        return {pid: self._partition_tops(part) for pid, part in self._parts.items()}
+    def summaries(self) -> dict[str, tuple | None]:
+        """`summary` of every label held here (all fresh: nothing is observed yet)."""
+        return {label: self.summary(label) for label in self._label_parts}
 
-    def refresh(self, pid: int, updates: list[np.ndarray]) -> dict[str, tuple[float, np.ndarray, float]]:
-        """Partition `pid`'s `tops` entry after applying `updates` (new blocks of h from other partitions)."""
+    def summary(self, label: str, updates: list[np.ndarray] = (), floor: float = -np.inf,
+                above_known: bool = False) -> tuple[bool, float, float, list] | None:
+        """After applying `updates` (new blocks of h from the label's unit elsewhere): None when no partition here
+        can form a group of `label`, else (whether one of its rows here has variance ≥ stop_variance, the largest
+        variance here (an upper bound where partitions stay stale), the best score here (−inf where none reaches
+        the floor), [(pid, score, global rows tied at it)] for the partitions scoring within TIE_TOLERANCE of the
+        larger of that best and `floor`).
+
+        Exact: a stale entry bounds its partition from above (variances only fall), and every stale entry that
+        could hold a variance at the stop level, or a score within the tolerance of the best, is refreshed first.
+        `floor`, a score some partition of the label (here or elsewhere) holds now, and `above_known` (a variance at
+        the stop level is held elsewhere; the first answer is then False) spare the refreshes that could not change
+        the coordinator's answer. Which stale entries stay stale changes no answer but the upper bound."""
+        pids = [pid for pid in self._label_parts.get(label, []) if label in self._tops[pid]]
+        if not pids:
+            return None
+        unit = self._parts[pids[0]].unit
+        if updates:
+            self._apply(unit, updates)
+        fresh = self._fresh_pids(pids)
+
+        def entry(pid: int) -> tuple:
+            return self._tops[pid][label]
+
+        has_above = False
+        while not above_known:
+            above = [pid for pid in pids if entry(pid)[2] >= self.stop_variance]
+            if not above or any(pid in fresh for pid in above):
+                has_above = bool(above)
+                break
+            self._refresh(max(above, key=lambda pid: (entry(pid)[2], -pid)), fresh)
+        while True:
+            best = max((entry(pid)[0] for pid in fresh), default=-np.inf)
+            level = max(best, floor) - TIE_TOLERANCE
+            stale = [pid for pid in pids if pid not in fresh and entry(pid)[0] >= level]
+            if not stale:
+                break
+            self._refresh(max(stale, key=lambda pid: (entry(pid)[0], -pid)), fresh)
+        tied = [(pid, entry(pid)[0], entry(pid)[1]) for pid in pids if pid in fresh and entry(pid)[0] >= level]
+        return has_above, max(entry(pid)[2] for pid in pids), best, tied
+
+    def _fresh_pids(self, pids: list[int]) -> set[int]:
+        """Those of `pids` whose entries hold for their unit's current Λ (always, without inducing features)."""
+        return {pid for pid in pids if self._parts[pid].h is None
+                or self._tops_version[pid] == self._lam[self._parts[pid].unit][2]}
+
+    def _refresh(self, pid: int, fresh: set[int]) -> None:
         part = self._parts[pid]
-        self._apply(part.unit, updates)
-        return self._partition_tops(part)
+        self._tops[pid] = self._partition_tops(part)
+        self._tops_version[pid] = 0 if part.h is None else self._lam[part.unit][2]
+        fresh.add(pid)
 
     def _apply(self, unit: int, blocks: list[np.ndarray]) -> None:
         for block in blocks:
@@ -201,11 +260,13 @@ class PartitionShard:
             out[label] = (best, part.rows[tops], largest)
         return out
 
-    def add(self, pid: int, anchor: int, updates: list[np.ndarray] = ()) -> tuple[
-            np.ndarray, float, dict[str, tuple[float, np.ndarray, float]], np.ndarray | None]:
+    def add(self, pid: int, anchor: int, updates: list[np.ndarray] = (), with_summary: bool = True) -> tuple[
+            np.ndarray, float, tuple | None, np.ndarray | None]:
         """Observe `anchor` (a global row of partition `pid`) with its k neighbours, after applying `updates` (as in
-        `refresh`): (the group's global rows, the anchor's variance before the group, the partition's new `tops`
-        entry, the group's new block of h for the unit's other partitions, or None without inducing features)."""
+        `summary`): (the group's global rows, the anchor's variance before the group, the anchor label's new
+        `summary` here, or without `with_summary` the partition's own (best score, largest variance) for the label
+        (None where it can form no more groups of it): a `floor` for the summaries the coordinator asks next;
+        the group's new block of h for the unit's other partitions, or None without inducing features)."""
         part = self._parts[pid]
         self._apply(part.unit, updates)
         local_anchor = int(np.searchsorted(part.rows, anchor))
@@ -219,7 +280,11 @@ class PartitionShard:
             block = part.gp.solve_last(part.gp.features[group].astype(np.float64), part.h)
             part.h = np.concatenate([part.h, block])
             self._apply(part.unit, [block])
-        return part.rows[group], variance, self._partition_tops(part), block
+        self._refresh(pid, set())
+        if with_summary:
+            return part.rows[group], variance, self.summary(str(label)), block
+        own = self._tops[pid].get(label)
+        return part.rows[group], variance, None if own is None else (own[0], own[2]), block
 
     def _neighbours(self, part: _Partition, label: str, anchor: int) -> np.ndarray:
         """The k available rows of `label` in the partition most cosine-similar to `anchor`, ties in row order."""

@@ -47,9 +47,11 @@ class SelectionTracker:
     Nyström features of `inducing_rows` seeded rows of the unit (the PIC prior, see PartitionShard), or not at all
     with inducing_rows 0 (a group then lowers variances in its own partition only). The partitions live in
     `num_shards` shards built by `make_shard` (PartitionShard by default, in this process; a caller may pass a factory
-    that builds Ray actors); this class is the coordinator: it caches every partition's best candidates, per group
-    calls the shard holding the anchor's partition, and passes each group's new block of h to the unit's other
-    shards with their next call.
+    that builds Ray actors); this class is the coordinator: per label it keeps each shard's answer (its best candidates
+    over its partitions, found there), asks again only the shards whose answer a group made stale (at once, one call
+    each), calls the shard holding the anchor's partition, and passes each group's new block of h to the unit's
+    other shards with their next call. A group thus costs one round trip where the unit lives on one shard (labels
+    placed whole) and two where it spans shards.
     """
 
     def __init__(self, embeddings: np.ndarray | list, labels: list[str] | None, row_ids: np.ndarray,
@@ -123,18 +125,24 @@ class SelectionTracker:
                 held = np.sort(np.concatenate([p["rows"] for p in parts.values()])) if parts else np.zeros(0, int)
                 row_parts = [call_ref(blocks[b], "rows", sub) for b, sub in split_by_block(held, starts)]
             self._shards.append(make_shard(*row_parts, partitions=parts, k=cfg.k, kernel=cfg.kernel, tau=self.tau,
-                                           noise=cfg.noise,
+                                           noise=cfg.noise, stop_variance=self.stop_variance,
                                            inducing={u: z for u, z in inducing.items()
                                                      if any(p["unit"] == u for p in parts.values())}))
         if not local:
             for reply in [call_shard(block, "release") for block in blocks]:
                 reply.result()
         del blocks, by_shard, row_parts
-        # label → pid → (best score, tied global rows, largest variance, the unit's version it was computed at);
-        # refreshed for the partition that just received a group, and (inducing features) lazily for the others.
-        self._tops: dict[str, dict[int, tuple[float, np.ndarray, float, int]]] = {l: {} for l in label_rows}
-        self._part_labels = {pid: set(p["labels"]) for pid, p in enumerate(partitions)}
         self._part_unit = {pid: p["unit"] for pid, p in enumerate(partitions)}
+        self._units = units  # unit → its labels
+        self._label_unit = {l: u for u, members in enumerate(units) for l in members}
+        # label → the shards holding partitions of it; per label and shard, the shard's last summary
+        # (PartitionShard.summary) and the unit's version it holds for, or None once the shard has no group left.
+        self._label_shards = {l: sorted({self._shard_of[pid] for pid, p in enumerate(partitions) if l in p["labels"]})
+                              for l in label_rows}
+        self._summaries: dict[str, dict[int, tuple | None]] = {l: {} for l in label_rows}
+        # label → (best score, whether its largest variance is at the stop level) of the partition that received the
+        # label's last group, where its unit spans shards; dropped by the unit's next group (PartitionShard.add).
+        self._floors: dict[str, tuple[float, bool]] = {}
         # Per unit with inducing features: the new blocks of h in order (its version is their count), the offset of
         # the first one kept, and per shard how many it has applied; blocks every shard has applied are dropped.
         self._blocks: dict[int, list[np.ndarray]] = {u: [] for u in range(len(units))}
@@ -143,9 +151,9 @@ class SelectionTracker:
         self._unit_shards = {u: {self._shard_of[pid] for pid, p in enumerate(partitions) if p["unit"] == u}
                              for u in range(len(units))}
         del partitions
-        for reply in [call_shard(shard, "tops") for shard in self._shards]:
-            for pid, tops in reply.result().items():
-                self._store_tops(pid, tops)
+        for shard, reply in enumerate([call_shard(shard, "summaries") for shard in self._shards]):
+            for label, summary in reply.result().items():
+                self._store_summary(label, shard, summary)
         self._issued_per_label = {l: 0 for l in label_rows}
         self._active = [l for l in label_rows if self._quota[l] > 0]
         self._issued: list[np.ndarray] = []
@@ -168,13 +176,15 @@ class SelectionTracker:
         # A closure, not a bound method: no reference cycle keeps a dropped tracker (and its shard actors) alive.
         self._steps = StepRunner(step_done)  # label → its running step
 
-    def _store_tops(self, pid: int, tops: dict) -> None:
-        version = self._version[self._part_unit[pid]]
-        for l in self._part_labels[pid]:
-            if l in tops:
-                self._tops[l][pid] = (*tops[l], version)
-            else:
-                self._tops[l].pop(pid, None)
+    def _store_summary(self, label, shard: int, summary: tuple | None, reusable: bool = True) -> None:
+        if summary is None:
+            self._summaries[label][shard] = None
+            return
+        has_above, largest, best, tied = summary
+        # copies: see _step
+        self._summaries[label][shard] = (has_above, largest, best, [(pid, score, np.array(rows))
+                                                                    for pid, score, rows in tied],
+                                         self._version[self._label_unit[label]] if reusable else -1)
 
     def _updates(self, shard: int, unit: int) -> list[np.ndarray]:
         """The unit's blocks of h shard `shard` has not applied yet (marked applied); fully applied ones dropped."""
@@ -185,51 +195,31 @@ class SelectionTracker:
         del self._blocks[unit][:done]
         return out
 
-    def _fresh(self, pid: int, entry: tuple) -> bool:
-        return entry[3] == self._version[self._part_unit[pid]]
-
-    def _refresh(self, pids: list[int]) -> Generator:
-        """Refresh these stale partitions, one call per partition, all at once (a step's `yield`)."""
-        calls = [(pid, self._shard_of[pid]) for pid in pids]
-        replies = yield [call_shard(self._shards[shard], "refresh", pid, self._updates(shard, self._part_unit[pid]))
-                         for pid, shard in calls]
-        for (pid, _), tops in zip(calls, replies):
-            self._store_tops(pid, tops)
-
-    def _stale_first(self, pids: list[int], key: Callable[[int], tuple]) -> list[int]:
-        """Of these stale partitions, the one of highest `key` on each shard: refreshed together, they keep every
-        shard's refreshes in the lazy order, and run at once when the unit's partitions span shards."""
-        best: dict[int, int] = {}
-        for pid in pids:
-            s = self._shard_of[pid]
-            if s not in best or key(pid) > key(best[s]):
-                best[s] = pid
-        return sorted(best.values())
-
     def _label_top(self, label) -> Generator:
         """A step returning (candidate anchors tied at the label's best score, the partition of each), or None once
         its quota is spent, no partition can form a group, or its largest variance is below the stop level.
 
-        A stale entry (its unit observed groups elsewhere since) bounds its partition from above: the stale entries
-        that could hold the largest variance or the best score, ties included, are refreshed first (lazily). Which
-        ones are refreshed changes no result: the answer depends on exact (fresh) values only."""
-        entries = self._tops[label]
+        Each shard holding the label answers for its own partitions (PartitionShard.summary): whether any has a
+        variance at the stop level, its best score and the partitions tied near it, all from exact values. A
+        shard's answer holds until the label's unit observes a group; the stale ones are asked again, at once."""
         if self._computed[label] >= self._quota[label]:
             return None
-        while True:
-            above = {pid: e for pid, e in entries.items() if e[2] >= self.stop_variance}
-            if not above:
-                return None
-            if any(self._fresh(pid, e) for pid, e in above.items()):
-                break
-            yield from self._refresh(self._stale_first(list(above), lambda pid: (above[pid][2], -pid)))
-        while True:
-            best = max(e[0] for pid, e in entries.items() if self._fresh(pid, e))
-            stale = [pid for pid, e in entries.items() if e[0] >= best - TIE_TOLERANCE and not self._fresh(pid, e)]
-            if not stale:
-                break
-            yield from self._refresh(self._stale_first(stale, lambda pid: (entries[pid][0], -pid)))
-        tied = [(pid, e[1]) for pid, e in entries.items() if e[0] >= best - TIE_TOLERANCE]
+        unit, summaries = self._label_unit[label], self._summaries[label]
+        stale = [s for s in self._label_shards[label]
+                 if s not in summaries or (summaries[s] is not None and summaries[s][4] != self._version[unit])]
+        # What the last group's partition holds now (exact): asked shards may skip what cannot beat it. Answers
+        # given against a floor serve this step only (the next step's best may lie below it).
+        floor, above_known = self._floors.pop(label, (-np.inf, False))
+        if stale:
+            replies = yield [call_shard(self._shards[s], "summary", label, self._updates(s, unit), floor, above_known)
+                             for s in stale]
+            for s, summary in zip(stale, replies):
+                self._store_summary(label, s, summary, reusable=floor == -np.inf and not above_known)
+        current = [summary for summary in summaries.values() if summary is not None]
+        if not above_known and not any(summary[0] for summary in current):
+            return None
+        best = max(summary[2] for summary in current)
+        tied = [(pid, rows) for summary in current for pid, score, rows in summary[3] if score >= best - TIE_TOLERANCE]
         return (np.concatenate([rows for _, rows in tied]),
                 np.concatenate([np.full(rows.shape[0], pid) for pid, rows in tied]))
 
@@ -243,14 +233,28 @@ class SelectionTracker:
         pick = int(np.argmin(self._rank[tied]))
         pid = int(pids[pick])
         shard, unit = self._shard_of[pid], self._part_unit[pid]
-        [(group, variance, tops, block)] = yield [call_shard(self._shards[shard], "add", pid, int(tied[pick]),
-                                                              self._updates(shard, unit))]
+        # Where the unit spans shards, the next step asks them all at once, this one included: the shards then
+        # refresh their partitions side by side rather than this one first, inside `add`.
+        alone = len(self._unit_shards[unit]) == 1
+        [(group, variance, summary, block)] = yield [call_shard(self._shards[shard], "add", pid, int(tied[pick]),
+                                                                 self._updates(shard, unit), alone)]
         if block is not None:
             self._blocks[unit].append(block)
             self._version[unit] += 1
             self._applied[shard][unit] = self._version[unit]
-        self._store_tops(pid, tops)
-        return np.asarray(group, dtype=np.int64), variance
+        # The group changed the shard's answers for every label of the unit; it sent the new one for this label
+        # where the unit lives on it alone.
+        for other in self._units[unit]:
+            if self._summaries[other].get(shard) is not None:
+                del self._summaries[other][shard]
+            self._floors.pop(other, None)
+        if alone:
+            self._store_summary(label, shard, summary)
+        elif summary is not None:
+            self._floors[label] = (summary[0], summary[1] >= self.stop_variance)
+        # A copy: an array a shard actor returns is a view into the whole reply's buffer (the block of h included),
+        # which a kept view would hold for the rest of the selection (24 KB per group, measured).
+        return np.array(group, dtype=np.int64), variance
 
     def _wait_for(self, label) -> None:
         """Run steps until `label` has a group ahead or has stopped. While its own step waits on a shard, the other
@@ -318,7 +322,8 @@ class SelectionTracker:
         computed ahead of their turn count as observed), the stop level, the engine and its partitions, and the
         labels skipped as too small (label → rows)."""
         self._steps.drain()  # a query sees no call in flight; the finished steps' groups stay ahead
-        largest = [e[2] for entries in self._tops.values() for e in entries.values()]
+        largest = [summary[1] for summaries in self._summaries.values() for summary in summaries.values()
+                   if summary is not None]
         return {
             "groups_issued": len(self._issued),
             "groups_planned": sum(self._quota.values()),

@@ -149,12 +149,11 @@ class PartitionShard:
         `floor`, a score some partition of the label (here or elsewhere) holds now, and `above_known` (a variance at
         the stop level is held elsewhere; the first answer is then False) spare the refreshes that could not change
         the coordinator's answer. Which stale entries stay stale changes no answer but the upper bound."""
+        if updates:  # applied even where no group is left here: the coordinator counts them as applied
+            self._apply(self._parts[self._label_parts[label][0]].unit, updates)
         pids = [pid for pid in self._label_parts.get(label, []) if label in self._tops[pid]]
         if not pids:
             return None
-        unit = self._parts[pids[0]].unit
-        if updates:
-            self._apply(unit, updates)
         fresh = self._fresh_pids(pids)
 
         def entry(pid: int) -> tuple:

@@ -290,6 +290,26 @@ def test_pic_engine_anchors_are_the_argmax_of_the_dense_pic_posterior(agnews, ru
     assert len(observed) == 300
 
 
+@pytest.mark.parametrize("labelled, scope, inducing", [(False, "per_label", 40), (True, "shared", 40),
+                                                       (True, "shared", 0), (True, "per_label", 40)])
+def test_shards_in_process_give_the_one_shard_schedule_up_to_the_stop(agnews, same_schedule, labelled, scope,
+                                                                      inducing):
+    # Spread over 2 and 3 shards, each shard answers for its own partitions (refreshing its stale ones itself) and,
+    # where a unit spans shards, is told the score the last group's partition holds: the same groups, and the same
+    # stop (the threshold fires before max_groups), as one shard evaluating every partition.
+    emb, labels, ids = agnews
+    config = cfg(engine="partitioned", partition_rows=150, inducing_rows=inducing, max_groups=100, threshold=0.35,
+                 gp_scope=scope)
+    schedules = []
+    for num_shards in (1, 2, 3):
+        tracker = SelectionTracker(emb, labels if labelled else None, ids, config, num_shards=num_shards)
+        schedules.append(tracker.next_groups(200))
+        assert tracker.progress()["done"]
+    assert 10 < len(schedules[0]) < 100, "the stopping rule fires"
+    same_schedule(schedules[0], schedules[1])
+    same_schedule(schedules[0], schedules[2])
+
+
 def test_pic_with_every_row_inducing_is_the_exact_gp(agnews):
     # Q = κ when Z holds every row of the unit: the PIC prior is the exact kernel, so after the PIC schedule's groups
     # every partition's variances are the exact GP's over the label's rows given the same observed rows

@@ -28,6 +28,18 @@ def call_ref(shard: Any, method: str, *args) -> Any:
     return getattr(shard, method)(*args)
 
 
+def call_split(shard: Any, method: str, *args) -> tuple[Future, Any]:
+    """A shard's answer in two parts (the method returns a pair): the first as a Future to wait on, the second as
+    call_ref hands it on (an ActorShard's unfetched object reference, Ray's num_returns=2; an in-process value)."""
+    if isinstance(shard, ActorShard):
+        first, second = getattr(shard.handle, method).options(num_returns=2).remote(*args)
+        return first.future(), second
+    first, second = getattr(shard, method)(*args)
+    done: Future = Future()
+    done.set_result(first)
+    return done, second
+
+
 def run_step(step: Generator) -> Any:
     """Drive one step to its end, waiting on each of its calls in turn; its return value."""
     replies = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from concurrent.futures import Future
 from typing import Any, Callable, Generator
 
 import numpy as np
@@ -19,7 +20,7 @@ from synalign_ray.selection.partitions import PartitionShard
 from synalign_ray.selection.plan import (AUTO_TAU_SAMPLE, PARTITION_GROWTH, auto_tau, check_inputs, check_rows,
                                          density_sample, density_weights, place_partitions, plan_quotas,
                                          resolve_engine, stop_variance)
-from synalign_ray.selection.steps import StepRunner, call_ref, call_shard, run_step
+from synalign_ray.selection.steps import StepRunner, call_ref, call_shard, call_split, run_step
 
 # Pending rows before a partition writes V for all its rows. A partition is small, so writing often is cheap, and
 # with nothing pending the next anchor is a plain argmax of the bounds (jobs/benchmarks/benchmark_selection_scale.py measured it).
@@ -50,8 +51,8 @@ class SelectionTracker:
     that builds Ray actors); this class is the coordinator: per label it keeps each shard's answer (its best candidates
     over its partitions, found there), asks again only the shards whose answer a group made stale (at once, one call
     each), calls the shard holding the anchor's partition, and passes each group's new block of h to the unit's
-    other shards with their next call. A group thus costs one round trip where the unit lives on one shard (labels
-    placed whole) and two where it spans shards.
+    other shards. A group costs one round trip: where the unit spans shards, the others receive the block straight
+    from the anchor's shard (an object reference) with the call that asks their new answer, sent with the group's.
     """
 
     def __init__(self, embeddings: np.ndarray | list, labels: list[str] | None, row_ids: np.ndarray,
@@ -140,12 +141,11 @@ class SelectionTracker:
         self._label_shards = {l: sorted({self._shard_of[pid] for pid, p in enumerate(partitions) if l in p["labels"]})
                               for l in label_rows}
         self._summaries: dict[str, dict[int, tuple | None]] = {l: {} for l in label_rows}
-        # label → (best score, whether its largest variance is at the stop level) of the partition that received the
-        # label's last group, where its unit spans shards; dropped by the unit's next group (PartitionShard.add).
-        self._floors: dict[str, tuple[float, bool]] = {}
-        # Per unit with inducing features: the new blocks of h in order (its version is their count), the offset of
-        # the first one kept, and per shard how many it has applied; blocks every shard has applied are dropped.
-        self._blocks: dict[int, list[np.ndarray]] = {u: [] for u in range(len(units))}
+        # Per unit with inducing features: the new blocks of h in order (arrays, or object references where the
+        # shards are actors; its version is their count), and per shard how many it has applied; blocks every shard
+        # has applied are dropped.
+        self._pic_units = set(inducing)
+        self._blocks: dict[int, list[Any]] = {u: [] for u in range(len(units))}
         self._version = {u: 0 for u in range(len(units))}
         self._applied = [{u: 0 for u in range(len(units))} for _ in self._shards]
         self._unit_shards = {u: {self._shard_of[pid] for pid, p in enumerate(partitions) if p["unit"] == u}
@@ -176,7 +176,7 @@ class SelectionTracker:
         # A closure, not a bound method: no reference cycle keeps a dropped tracker (and its shard actors) alive.
         self._steps = StepRunner(step_done)  # label → its running step
 
-    def _store_summary(self, label, shard: int, summary: tuple | None, reusable: bool = True) -> None:
+    def _store_summary(self, label, shard: int, summary: tuple | None) -> None:
         if summary is None:
             self._summaries[label][shard] = None
             return
@@ -184,7 +184,17 @@ class SelectionTracker:
         # copies: see _step
         self._summaries[label][shard] = (has_above, largest, best, [(pid, score, np.array(rows))
                                                                     for pid, score, rows in tied],
-                                         self._version[self._label_unit[label]] if reusable else -1)
+                                         self._version[self._label_unit[label]])
+
+    def _stale_shards(self, label) -> list[int]:
+        """The shards holding `label` whose last summary of it no longer holds (or that have given none)."""
+        version, summaries = self._version[self._label_unit[label]], self._summaries[label]
+        return [s for s in self._label_shards[label]
+                if s not in summaries or (summaries[s] is not None and summaries[s][4] != version)]
+
+    def _ask_summaries(self, label, shards: list[int]) -> list[Future]:
+        unit = self._label_unit[label]
+        return [call_shard(self._shards[s], "summary", label, *self._updates(s, unit)) for s in shards]
 
     def _updates(self, shard: int, unit: int) -> list[np.ndarray]:
         """The unit's blocks of h shard `shard` has not applied yet (marked applied); fully applied ones dropped."""
@@ -201,22 +211,15 @@ class SelectionTracker:
 
         Each shard holding the label answers for its own partitions (PartitionShard.summary): whether any has a
         variance at the stop level, its best score and the partitions tied near it, all from exact values. A
-        shard's answer holds until the label's unit observes a group; the stale ones are asked again, at once."""
+        shard's answer holds until the label's unit observes a group; the stale ones are asked again, at once
+        (the label's own groups ask them with the group itself, see _step)."""
         if self._computed[label] >= self._quota[label]:
             return None
-        unit, summaries = self._label_unit[label], self._summaries[label]
-        stale = [s for s in self._label_shards[label]
-                 if s not in summaries or (summaries[s] is not None and summaries[s][4] != self._version[unit])]
-        # What the last group's partition holds now (exact): asked shards may skip what cannot beat it. Answers
-        # given against a floor serve this step only (the next step's best may lie below it).
-        floor, above_known = self._floors.pop(label, (-np.inf, False))
-        if stale:
-            replies = yield [call_shard(self._shards[s], "summary", label, self._updates(s, unit), floor, above_known)
-                             for s in stale]
-            for s, summary in zip(stale, replies):
-                self._store_summary(label, s, summary, reusable=floor == -np.inf and not above_known)
-        current = [summary for summary in summaries.values() if summary is not None]
-        if not above_known and not any(summary[0] for summary in current):
+        if stale := self._stale_shards(label):
+            for s, summary in zip(stale, (yield self._ask_summaries(label, stale))):
+                self._store_summary(label, s, summary)
+        current = [summary for summary in self._summaries[label].values() if summary is not None]
+        if not any(summary[0] for summary in current):
             return None
         best = max(summary[2] for summary in current)
         tied = [(pid, rows) for summary in current for pid, score, rows in summary[3] if score >= best - TIE_TOLERANCE]
@@ -233,25 +236,25 @@ class SelectionTracker:
         pick = int(np.argmin(self._rank[tied]))
         pid = int(pids[pick])
         shard, unit = self._shard_of[pid], self._part_unit[pid]
-        # Where the unit spans shards, the next step asks them all at once, this one included: the shards then
-        # refresh their partitions side by side rather than this one first, inside `add`.
+        # Where the unit spans shards, its shards answer for the label in the same step, all at once: the group's
+        # block of h reaches the others as a reference from `add` (an actor's result passed on unfetched), so they
+        # start as soon as it exists, with no round trip through here; the anchor's shard answers right after it.
         alone = len(self._unit_shards[unit]) == 1
-        [(group, variance, summary, block)] = yield [call_shard(self._shards[shard], "add", pid, int(tied[pick]),
-                                                                 self._updates(shard, unit), alone)]
-        if block is not None:
+        added, block = call_split(self._shards[shard], "add", pid, int(tied[pick]), alone,
+                                  *self._updates(shard, unit))
+        if unit in self._pic_units:
             self._blocks[unit].append(block)
             self._version[unit] += 1
             self._applied[shard][unit] = self._version[unit]
-        # The group changed the shard's answers for every label of the unit; it sent the new one for this label
-        # where the unit lives on it alone.
+        # The group changed the shard's answers for every label of the unit (the other shards' go stale by version).
         for other in self._units[unit]:
-            if self._summaries[other].get(shard) is not None:
-                del self._summaries[other][shard]
-            self._floors.pop(other, None)
+            self._summaries[other].pop(shard, None)
+        asked = [] if alone or self._computed[label] + 1 >= self._quota[label] else self._stale_shards(label)
+        [(group, variance, summary), *replies] = yield [added, *self._ask_summaries(label, asked)]
         if alone:
             self._store_summary(label, shard, summary)
-        elif summary is not None:
-            self._floors[label] = (summary[0], summary[1] >= self.stop_variance)
+        for s, reply in zip(asked, replies):
+            self._store_summary(label, s, reply)
         # A copy: an array a shard actor returns is a view into the whole reply's buffer (the block of h included),
         # which a kept view would hold for the rest of the selection (24 KB per group, measured).
         return np.array(group, dtype=np.int64), variance

@@ -14,7 +14,7 @@ from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.metrics import knn_radii, knn_radius_coverage
 from synalign_ray.selection.blocks import RowBlock, bisect, block_ranges
 from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, cross_kernel
-from synalign_ray.selection.partitions import INDUCING_JITTER
+from synalign_ray.selection.partitions import INDUCING_JITTER, _descending
 from synalign_ray.selection.schedule import build_schedule
 from synalign_ray.selection.plan import DENSITY_BANDWIDTH, DENSITY_POWER, resolve_engine, state_bytes_needed
 from synalign_ray.selection.tracker import SelectionTracker
@@ -263,13 +263,17 @@ def pic_variance(points: np.ndarray, parts: list[np.ndarray], observed: np.ndarr
                                                                           + noise * np.eye(len(observed)), k_so.T))
 
 
-@pytest.mark.parametrize("rule", ["max_variance", "density_weighted"])
-def test_pic_engine_anchors_are_the_argmax_of_the_dense_pic_posterior(agnews, rule):
+@pytest.mark.parametrize("rule, threshold", [("max_variance", 1e-6), ("density_weighted", 1e-6),
+                                             ("density_weighted", 0.45)])
+def test_pic_engine_anchors_are_the_argmax_of_the_dense_pic_posterior(agnews, rule, threshold):
     # unlabelled 600 rows, 4 partitions of 150, 40 inducing rows: every anchor and its variance against the PIC
-    # GP recomputed from scratch after every group (only the lazy refreshes and the incremental state differ)
+    # GP recomputed from scratch after every group (only the lazy refreshes and the incremental state differ); with
+    # a threshold that fires, the selection stops exactly when no row that can still anchor a group reaches the
+    # stop level (the density rule settles that side of the level from the rows its weighted search evaluates)
     emb, _, _ = agnews
     points, ids = emb[:600] / np.linalg.norm(emb[:600], axis=1, keepdims=True), np.arange(600)
-    config = cfg(engine="partitioned", partition_rows=150, inducing_rows=40, max_groups=30, rule=rule)
+    config = cfg(engine="partitioned", partition_rows=150, inducing_rows=40, max_groups=30, rule=rule,
+                 threshold=threshold)
     tracker = SelectionTracker(points, None, ids, config)
     parts = bisect_partitions(points, ids, 150, 0)
     inducing = points[np.sort(np.random.default_rng(0).choice(600, size=40, replace=False))]
@@ -279,27 +283,42 @@ def test_pic_engine_anchors_are_the_argmax_of_the_dense_pic_posterior(agnews, ru
             weights[part.rows] = part.weights
     assert tracker.n_partitions == len(parts) == 4
     observed, issued = [], np.zeros(600, dtype=bool)
-    for record in tracker.next_groups(100):
+
+    def largest_anchorable(variance: np.ndarray) -> float:  # rows of partitions that can still form a group
+        return max((variance[p][~issued[p]].max() for p in parts if np.count_nonzero(~issued[p]) > config.k),
+                   default=-np.inf)
+
+    records = tracker.next_groups(100)
+    for record in records:
         variance = pic_variance(points, parts, np.asarray(observed, dtype=np.int64), inducing, 1.0)
+        assert largest_anchorable(variance) >= tracker.stop_variance
         score = np.where(issued, -np.inf, variance * weights)
         anchor = record["anchor_row_id"]
         assert score[anchor] >= score.max() - 1e-5
         assert record["variance_at_selection"] == pytest.approx(variance[anchor], abs=1e-5)
         observed.extend(record["demo_row_ids"])
         issued[record["demo_row_ids"]] = True
-    assert len(observed) == 300
+    variance = pic_variance(points, parts, np.asarray(observed, dtype=np.int64), inducing, 1.0)
+    if threshold > 1e-3:
+        assert 5 < len(records) < 30, "the stopping rule fires"
+        assert largest_anchorable(variance) < tracker.stop_variance
+    else:
+        assert len(records) == 30
 
 
-@pytest.mark.parametrize("labelled, scope, inducing", [(False, "per_label", 40), (True, "shared", 40),
-                                                       (True, "shared", 0), (True, "per_label", 40)])
+@pytest.mark.parametrize("labelled, scope, inducing, rule", [
+    (False, "per_label", 40, "max_variance"), (False, "per_label", 40, "density_weighted"),
+    (True, "shared", 40, "max_variance"), (True, "shared", 0, "max_variance"), (True, "per_label", 40, "max_variance")])
 def test_shards_in_process_give_the_one_shard_schedule_up_to_the_stop(agnews, same_schedule, labelled, scope,
-                                                                      inducing):
+                                                                      inducing, rule):
     # Spread over 2 and 3 shards, each shard answers for its own partitions (refreshing its stale ones itself) and,
-    # where a unit spans shards, is told the score the last group's partition holds: the same groups, and the same
-    # stop (the threshold fires before max_groups), as one shard evaluating every partition.
+    # where a unit spans shards, is asked for its new answer with each group (the block of h passed on, the anchor's
+    # partition left stale): the same groups, and the same stop (the threshold fires before max_groups), as one
+    # shard evaluating every partition.
     emb, labels, ids = agnews
-    config = cfg(engine="partitioned", partition_rows=150, inducing_rows=inducing, max_groups=100, threshold=0.35,
-                 gp_scope=scope)
+    # the density rule leaves sparse rows above the level longer: a higher threshold makes it fire
+    config = cfg(engine="partitioned", partition_rows=150, inducing_rows=inducing, max_groups=100,
+                 threshold=0.35 if rule == "max_variance" else 0.44, gp_scope=scope, rule=rule)
     schedules = []
     for num_shards in (1, 2, 3):
         tracker = SelectionTracker(emb, labels if labelled else None, ids, config, num_shards=num_shards)
@@ -331,3 +350,16 @@ def test_pic_with_every_row_inducing_is_the_exact_gp(agnews):
                     local = np.arange(part.rows.shape[0])
                     np.testing.assert_allclose(shard._variance(part, local), exact[np.searchsorted(rows, part.rows)],
                                                atol=1e-5)
+
+
+@pytest.mark.parametrize("count", [1, 5, 16, 40, 64, 200])
+def test_descending_head_is_the_head_of_the_stable_sort(count):
+    # the lazy top's order: values with many ties (a partition's bounds start at 1 and repeat), the head that
+    # _descending returns is the stable argsort's, at least `count` long, every tie of its last value included
+    rng = np.random.default_rng(3)
+    for values in (rng.integers(0, 12, size=64).astype(float), rng.random(64), np.ones(64)):
+        head = _descending(values, count)
+        full = np.argsort(-values, kind="stable")
+        assert head.shape[0] >= min(count, 64)
+        np.testing.assert_array_equal(head, full[:head.shape[0]])
+        assert head.shape[0] == 64 or values[full[head.shape[0]]] < values[head[-1]]

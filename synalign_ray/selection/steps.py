@@ -110,7 +110,9 @@ class ActorShard:
 def actor_shards(ray, **options) -> Callable[..., ActorShard]:
     """A `make_shard` factory: each shard a PartitionShard in its own Ray actor (`options` as actor options); its
     positional arguments (row blocks' object references) are resolved in the actor."""
-    actor_class = ray.remote(PartitionShard).options(**options)
+    # No task events: a selection makes one to three shard calls per group, and each would stay in the GCS for the
+    # dashboard's task list (65.8 MiB of GCS memory per 20,000 calls measured, against 2.3 MiB without).
+    actor_class = ray.remote(PartitionShard).options(enable_task_events=False, **options)
     return lambda *row_parts, **kwargs: ActorShard(actor_class.remote(*row_parts, **kwargs))
 
 

@@ -201,7 +201,12 @@ class SelectionTracker:
         base = self._version[unit] - len(self._blocks[unit])
         out = self._blocks[unit][self._applied[shard][unit] - base:]
         self._applied[shard][unit] = self._version[unit]
-        done = min(self._applied[s][unit] for s in self._unit_shards[unit]) - base
+        # A shard that can form no group of the unit's labels is never asked again (no answer of None turns back):
+        # it holds no block back.
+        waiting = [self._applied[s][unit] for s in self._unit_shards[unit]
+                   if not all(self._summaries[l].get(s, 0) is None for l in self._units[unit]
+                              if s in self._label_shards[l])]
+        done = min(waiting, default=self._version[unit]) - base
         del self._blocks[unit][:done]
         return out
 

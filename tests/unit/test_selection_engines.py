@@ -363,3 +363,20 @@ def test_descending_head_is_the_head_of_the_stable_sort(count):
         assert head.shape[0] >= min(count, 64)
         np.testing.assert_array_equal(head, full[:head.shape[0]])
         assert head.shape[0] == 64 or values[full[head.shape[0]]] < values[head[-1]]
+
+
+def test_a_shard_with_no_group_left_holds_no_block_of_h_back(agnews):
+    # 600 unlabelled rows in 4 partitions of 150 on 2 shards, 60 groups of 10: every row is used, and one shard runs
+    # out of groups before the other. Its answer is None from then on and it is never asked again, so the blocks of h
+    # the coordinator keeps for the unit's shards stay at most the last group's (before: one more per group).
+    emb, _, _ = agnews
+    points, ids = emb[:600] / np.linalg.norm(emb[:600], axis=1, keepdims=True), np.arange(600)
+    tracker = SelectionTracker(points, None, ids, cfg(engine="partitioned", partition_rows=150, inducing_rows=40,
+                                                      max_groups=60), num_shards=2)
+    finished_early = False
+    for _ in range(60):
+        assert len(tracker.next_groups(1)) == 1
+        finished_early |= None in tracker._summaries[""].values()
+        assert len(tracker._blocks[0]) <= 1
+    assert finished_early, "a shard ran out of groups while the other still had some"
+    assert tracker.next_groups(1) == []

@@ -161,7 +161,7 @@ class PartitionShard:
         Which stale entries stay stale changes no answer but the upper bound."""
         if updates:  # applied even where no group is left here: the coordinator counts them as applied
             self._apply(self._parts[self._label_parts[label][0]].unit, updates)
-        pids = [pid for pid in self._label_parts.get(label, []) if label in self._tops[pid]]
+        pids = [pid for pid in self._label_parts[label] if label in self._tops[pid]]
         if not pids:
             return None
         fresh = self._fresh_pids(pids)

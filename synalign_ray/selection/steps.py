@@ -13,10 +13,12 @@ from synalign_ray.selection.partitions import PartitionShard
 def call_shard(shard: Any, method: str, *args) -> Future:
     """A shard's answer as a Future: an in-process shard answers at once, an ActorShard when its actor does."""
     out = getattr(shard, method)(*args)
-    if isinstance(out, Future):
-        return out
+    return out if isinstance(out, Future) else _answered(out)
+
+
+def _answered(value: Any) -> Future:
     done: Future = Future()
-    done.set_result(out)
+    done.set_result(value)
     return done
 
 
@@ -35,9 +37,7 @@ def call_split(shard: Any, method: str, *args) -> tuple[Future, Any]:
         first, second = getattr(shard.handle, method).options(num_returns=2).remote(*args)
         return first.future(), second
     first, second = getattr(shard, method)(*args)
-    done: Future = Future()
-    done.set_result(first)
-    return done, second
+    return _answered(first), second
 
 
 def run_step(step: Generator) -> Any:

@@ -108,7 +108,7 @@ class IncrementalGP:
         # inverse of their block among themselves (pending × pending, lower triangular); float64, both small.
         self._pending_l21 = np.zeros((0, 0))
         self._pending_inv = np.zeros((0, 0))
-        self._last_block: tuple[np.ndarray, np.ndarray] | None = None  # (L21, L22⁻¹) of a group added unpended
+        self._last_block: tuple[np.ndarray, np.ndarray] | None = None  # (L21, L22⁻¹) of the last group added
         # `capacity` observed rows are allocated up front (no regrowth copies when the caller knows its budget);
         # beyond it, capacity grows by the factor `growth`.
         self._observed = np.empty(capacity, dtype=np.int64)
@@ -146,6 +146,18 @@ class IncrementalGP:
             pending = self._pending_columns(rows)
             variance -= np.einsum("ij,ij->i", pending, pending)
         return variance
+
+    def variance_and_v(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(`variance_at(rows)`, V's columns at `rows`: (len(rows), n_observed) float64, the observed rows in order,
+        pending ones included)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        variance = self._prior[rows] - self._sum_sq[rows]
+        v = self._v_t[rows, :self._n_synced].astype(np.float64)
+        if self._n_observed > self._n_synced:
+            pending = self._pending_columns(rows)
+            variance -= np.einsum("ij,ij->i", pending, pending)
+            v = np.concatenate([v, pending], axis=1)
+        return variance, v
 
     def _reserve(self, needed: int) -> None:
         capacity = self._observed.shape[0]
@@ -195,8 +207,9 @@ class IncrementalGP:
             residual -= self._v_t[rows, :s].astype(np.float64) @ self._pending_l21.T
         return residual @ self._pending_inv.T
 
-    def add(self, group: np.ndarray) -> None:
-        """Observe the rows `group` (target 0); V and the variances follow (now or at the next sync)."""
+    def add(self, group: np.ndarray, sync: bool = True) -> None:
+        """Observe the rows `group` (target 0); V and the variances follow (now or at the next sync). `sync=False`
+        leaves a due sync to the caller's `sync()`, made before anything reads V again (so the floats are the same)."""
         group = np.asarray(group, dtype=np.int64)
         s, m, g = self._n_synced, self._n_observed, group.shape[0]
         self._reserve(m + g)
@@ -208,7 +221,7 @@ class IncrementalGP:
         # such diagonal blocks: its inverse turns every later forward substitution into one product.
         l22_inv = np.linalg.inv(np.linalg.cholesky(schur))
         j = m - s
-        self._last_block = (l21_synced, l22_inv) if j == 0 else None
+        self._last_block = (np.concatenate([l21_synced, l21_pending], axis=1), l22_inv)
         inverse = np.zeros((j + g, j + g))
         inverse[:j, :j] = self._pending_inv
         inverse[j:, :j] = -l22_inv @ l21_pending @ self._pending_inv
@@ -217,22 +230,23 @@ class IncrementalGP:
         self._pending_l21 = np.concatenate([self._pending_l21.reshape(j, s), l21_synced])
         self._observed[m:m + g] = group
         self._n_observed = m + g
-        if self._n_observed - s >= self.sync_rows:
-            self._sync()
+        if sync and self._n_observed - s >= self.sync_rows:
+            self.sync()
 
     def solve_last(self, rhs: np.ndarray, solved: np.ndarray) -> np.ndarray:
         """The last group's rows of L⁻¹B for a right-hand side B: `rhs` its rows of B (|G| × M), `solved` L⁻¹B's rows
-        for the rows observed before it. Needs nothing pending before that group (so sync_rows = 1 always works)."""
+        for the rows observed before it (synced or pending alike: L's new rows span both)."""
         if self._last_block is None:
-            raise ValueError("solve_last needs the last group added with nothing pending before it")
+            raise ValueError("solve_last needs a group added first")
         l21, l22_inv = self._last_block
         return l22_inv @ (rhs - l21 @ solved) if solved.shape[0] else l22_inv @ rhs
 
-    def _sync(self) -> None:
+    def sync(self) -> None:
         """Write the pending groups' rows of V for every point: one product as wide as all of them together.
 
-        Called by `add` every `sync_rows` rows and nowhere else, so the state (and its rounding) depends on the groups added,
-        never on which queries were made in between: a resumed tracker reproduces the original bit for bit.
+        Called by `add` every `sync_rows` rows (or, with `add(sync=False)`, by its caller before V is read again) and
+        nowhere else, so the state (and its rounding) depends on the groups added, never on which queries were made in
+        between: a resumed tracker reproduces the original bit for bit.
         """
         s, m = self._n_synced, self._n_observed
         if m == s:

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import solve_triangular
-from scipy.linalg.lapack import dtrtri
 
 from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, Kernel, cross_kernel
 
@@ -37,6 +36,15 @@ def inducing_features(points: np.ndarray, inducing: np.ndarray, kernel: Kernel, 
     return cross_kernel(points, inducing, kernel, tau) @ solve_triangular(chol, np.eye(len(inducing)), lower=True).T
 
 
+def grown_inverse(inverse: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(Λ + BᵀB)⁻¹ from Λ⁻¹ (`inverse`, symmetric positive definite) and B (`rows`, b × M), by the Woodbury identity:
+    Λ⁻¹ − C (I + BC)⁻¹ Cᵀ with C = Λ⁻¹Bᵀ, in O(b·M²) where factoring Λ afresh costs ≈ M³ (a tenth of a group's time
+    at M = 256, on every shard). The update subtracts TᵀT (T = L⁻¹Cᵀ, L L ᵀ = I + BC), so it stays symmetric."""
+    c = inverse @ rows.T
+    t = solve_triangular(np.linalg.cholesky(np.eye(rows.shape[0]) + rows @ c), c.T, lower=True)
+    return inverse - t.T @ t
+
+
 class _Partition:
     """One GP over a partition's rows, the rows still available, and each label's rows within it.
 
@@ -49,8 +57,8 @@ class _Partition:
                  unit: int = 0, features: np.ndarray | None = None):
         self.rows = rows
         self.unit = unit
-        self.gp = IncrementalGP(points, kernel, tau, noise, capacity=capacity,
-                                sync_rows=1 if features is not None else sync_rows, growth=growth, features=features)
+        self.gp = IncrementalGP(points, kernel, tau, noise, capacity=capacity, sync_rows=sync_rows, growth=growth,
+                                features=features)
         self.h = None if features is None else np.zeros((0, features.shape[1]))
         # With features: each row's variance when last evaluated, an upper bound on its current one (variances only
         # fall); the prior variance of the PIC GP is 1.
@@ -77,14 +85,17 @@ class PartitionShard:
 
     ℓ and v the partition GP's variance and V column at x (residual kernel κ − φ·φ), h = L⁻¹Φ_S. Λ (M × M) is all a
     partition needs from the others: a group adds hᵀh of its new block of h, which the coordinator passes to every
-    shard as `updates`. Variances only fall, so a stale candidate's score bounds its current one from above.
+    shard as `updates` (each shard keeps Λ⁻¹, grown_inverse). Variances only fall, so a stale candidate's score bounds
+    its current one from above.
 
     The shard keeps every partition's best anchor candidates per label, each stale once its unit's Λ has moved on
     since it was computed. `summary(label, *updates)` answers for all its partitions of the label: it refreshes, in
     this process, the stale ones that could hold the largest variance or the best score (lazily, highest bound
     first), so the answer is exact and costs the coordinator one call. `add(pid, anchor, with_summary, *updates)`
     forms the anchor's group (its k most cosine-similar available rows of the same label in the same partition),
-    observes it and reports the group (with the label's new summary if asked) and, apart, the group's new block of h.
+    observes it and reports the group (with the label's new summary if asked) and, apart, the group's new block of h;
+    the group's rows of V for the whole partition are written at the start of the shard's next call, after the
+    block has gone to the shards that wait for it.
     Labels are plain strings (a single "" when the data is unlabelled); row positions are global throughout.
     """
 
@@ -122,17 +133,19 @@ class PartitionShard:
                                        None if p["unit"] not in inducing else inducing_features(
                                            p["points"], inducing[p["unit"]], kernel, tau).astype(np.float32))
                        for pid, p in partitions.items()}
-        # unit → [Λ, the inverse of its Cholesky factor or None when stale, blocks applied], for the units with
-        # inducing features
+        # unit → [Λ⁻¹, blocks applied], for the units with inducing features
         self._lam: dict[int, list] = {}
         for part in self._parts.values():
             if part.h is not None:
-                self._lam.setdefault(part.unit, [np.eye(part.h.shape[1]), None, 0])
+                self._lam.setdefault(part.unit, [np.eye(part.h.shape[1]), 0])
         # pid → label → (best score, global rows tied at it, largest variance: exact, or with inducing features and
         # weights an upper bound where it is at or above the stop level), and the unit's Λ version (blocks applied)
         # it was computed at; a label is absent where fewer than k+1 of its rows are available.
         self._tops = {pid: self._partition_tops(part) for pid, part in self._parts.items()}
         self._tops_version = {pid: 0 for pid in self._parts}
+        # Partitions whose last group's V is not yet written for all their rows: `add` leaves that to the shard's
+        # next call, so an actor returns the group's block of h (which the unit's other shards wait for) first.
+        self._unsynced: set[int] = set()
         self._label_parts: dict[str, list[int]] = {}
         for pid, part in sorted(self._parts.items()):
             for label in part.label_local:
@@ -159,6 +172,7 @@ class PartitionShard:
         Exact: a stale entry bounds its partition from above (variances only fall), and every stale entry that
         could hold a variance at the stop level, or a score within the tolerance of the best, is refreshed first.
         Which stale entries stay stale changes no answer but the upper bound."""
+        self._sync()
         if updates:  # applied even where no group is left here: the coordinator counts them as applied
             self._apply(self._parts[self._label_parts[label][0]].unit, updates)
         pids = [pid for pid in self._label_parts[label] if label in self._tops[pid]]
@@ -189,39 +203,37 @@ class PartitionShard:
     def _fresh_pids(self, pids: list[int]) -> set[int]:
         """Those of `pids` whose entries hold for their unit's current Λ (always, without inducing features)."""
         return {pid for pid in pids if self._parts[pid].h is None
-                or self._tops_version[pid] == self._lam[self._parts[pid].unit][2]}
+                or self._tops_version[pid] == self._lam[self._parts[pid].unit][1]}
 
     def _refresh(self, pid: int, fresh: set[int]) -> None:
         part = self._parts[pid]
         self._tops[pid] = self._partition_tops(part)
-        self._tops_version[pid] = 0 if part.h is None else self._lam[part.unit][2]
+        self._tops_version[pid] = 0 if part.h is None else self._lam[part.unit][1]
         fresh.add(pid)
 
+    def _sync(self) -> None:
+        for pid in sorted(self._unsynced):
+            self._parts[pid].gp.sync()
+        self._unsynced.clear()
+
     def _apply(self, unit: int, blocks: list[np.ndarray]) -> None:
-        for block in blocks:
-            self._lam[unit][0] += block.T @ block
-            self._lam[unit][1] = None
-            self._lam[unit][2] += 1
+        if blocks:
+            lam = self._lam[unit]
+            lam[0] = grown_inverse(lam[0], np.concatenate(blocks))
+            lam[1] += len(blocks)
 
     def _variance(self, part: _Partition, local: np.ndarray) -> np.ndarray:
         """Exact posterior variance at the partition's rows `local` (float64), the global term included."""
-        variance = part.gp.variance_at(local)
         if part.h is None:
-            return variance
-        lam = self._lam[part.unit]
-        if lam[2] == 0:  # nothing observed in the unit yet: the prior, 1 (ℓ = 1 − ‖φ‖², a = φ, Λ = I)
+            return part.gp.variance_at(local)
+        lam_inv, version = self._lam[part.unit]
+        if version == 0:  # nothing observed in the unit yet: the prior, 1 (ℓ = 1 − ‖φ‖², a = φ, Λ = I)
             return np.ones(local.shape[0])
-        if lam[1] is None:
-            # L_Λ⁻¹ once per version: each evaluation is then one product (rows × M × M) instead of a solve; LAPACK's
-            # triangular inverse costs M³/3 flop, a general inverse ≈ 8× that (it was a fifth of the per-group time)
-            lam[1], info = dtrtri(np.linalg.cholesky(lam[0]), lower=1)
-            if info:
-                raise np.linalg.LinAlgError(f"the inducing rows' Λ factor is singular (dtrtri info {info})")
+        variance, v = part.gp.variance_and_v(local)
         a = part.gp.features[local].astype(np.float64)
-        if part.h.shape[0]:
-            a -= part.gp._v_t[local, :part.h.shape[0]].astype(np.float64) @ part.h
-        w = a @ lam[1].T
-        return variance + np.einsum("ij,ij->i", w, w)
+        if v.shape[1]:
+            a -= v @ part.h
+        return variance + np.einsum("ij,ij->i", a @ lam_inv, a)
 
     def _lazy_top(self, part: _Partition, candidates: np.ndarray, weights: np.ndarray | None
                   ) -> tuple[float, np.ndarray, float]:
@@ -286,18 +298,20 @@ class PartitionShard:
         label's new `summary` here, else None), the group's new block of h for the unit's other partitions, or None
         without inducing features). Two parts, so that a Ray caller can pass the block on to other shards as an
         object reference (num_returns=2) without waiting for it."""
+        self._sync()
         part = self._parts[pid]
         self._apply(part.unit, updates)
         local_anchor = int(np.searchsorted(part.rows, anchor))
         label = part.labels[local_anchor]
         variance = float(self._variance(part, np.array([local_anchor]))[0])
         group = np.concatenate([[local_anchor], self._neighbours(part, label, local_anchor)]).astype(np.int64)
-        part.gp.add(group)
+        part.gp.add(group, sync=part.h is None)
         part.available[group] = False
         block = None
         if part.h is None:
             self._refresh(pid, set())  # without a global term an entry holds until its own partition moves
         else:
+            self._unsynced.add(pid)
             block = part.gp.solve_last(part.gp.features[group].astype(np.float64), part.h)
             part.h = np.concatenate([part.h, block])
             self._apply(part.unit, [block])

@@ -226,3 +226,39 @@ def test_variance_at_the_noise_floor_stays_positive_and_matches_float64(sst2, sy
     # the observed rows sit near the floor, and their relative error is bounded there too
     assert reference[observed].max() < 10 * noise
     assert np.abs(variance[observed] - reference[observed]).max() < 0.05 * reference[observed].min()
+
+
+@pytest.mark.parametrize("mode", ["synced", "pending", "deferred"])
+def test_last_blocks_and_v_columns_equal_a_from_scratch_cholesky(sst2, mode):
+    # The partitioned engine's GP (residual kernel κ − φ·φ of Nyström features): the rows of h = L⁻¹Φ_S that
+    # solve_last returns group by group, and V's columns at any rows (variance_and_v), against L from one Cholesky of
+    # the observed rows' kernel. Modes: V written after every group; groups pending (sync_rows 64); and add(sync=False)
+    # with sync() before the next call, as a shard does, which must leave the state bit for bit as the first mode.
+    from synalign_ray.selection.partitions import inducing_features
+
+    kernel, tau, noise = "exponential", 0.6, 1.0
+    points = sst2[:600]
+    features = inducing_features(points, points[np.random.default_rng(3).choice(600, 40, replace=False)], kernel, tau)
+    gp = IncrementalGP(points, kernel, tau, noise, sync_rows=64 if mode == "pending" else 1, features=features)
+    eager = IncrementalGP(points, kernel, tau, noise, sync_rows=1, features=features)
+    h = np.zeros((0, features.shape[1]))
+    for group in knn_groups(points, 12, seed=4):
+        gp.add(group, sync=mode != "deferred")
+        h = np.concatenate([h, gp.solve_last(features[group], h)])
+        if mode == "deferred":
+            gp.sync()
+            eager.add(group)
+            np.testing.assert_array_equal(gp._v_t, eager._v_t)
+    observed = gp.observed
+    phi = features.astype(np.float32).astype(np.float64)  # the GP holds its features in float32
+    residual = cross_kernel(points[observed], points, kernel, tau) - phi[observed] @ phi.T
+    chol = np.linalg.cholesky(residual[:, observed] + noise * np.eye(len(observed)))
+    np.testing.assert_allclose(h, solve_triangular(chol, phi[observed], lower=True), atol=1e-5)
+    rows = np.random.default_rng(1).choice(600, 80, replace=False)
+    v_ref = solve_triangular(chol, residual[:, rows], lower=True)
+    variance, v = gp.variance_and_v(rows)
+    assert v.shape == (80, len(observed)) and (gp._n_observed > gp._n_synced) == (mode == "pending")
+    np.testing.assert_allclose(v, v_ref.T, atol=1e-5)
+    np.testing.assert_allclose(variance, 1.0 - np.einsum("ij,ij->j", phi[rows].T, phi[rows].T)
+                               - np.einsum("ij,ij->j", v_ref, v_ref), atol=1e-5)
+    np.testing.assert_allclose(variance, gp.variance_at(rows), rtol=0, atol=1e-12)

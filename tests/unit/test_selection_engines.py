@@ -14,7 +14,7 @@ from synalign_ray.errors import ConfigError, InputError
 from synalign_ray.metrics import knn_radii, knn_radius_coverage
 from synalign_ray.selection.blocks import RowBlock, bisect, block_ranges
 from synalign_ray.selection.gp import TIE_TOLERANCE, IncrementalGP, cross_kernel
-from synalign_ray.selection.partitions import INDUCING_JITTER, _descending
+from synalign_ray.selection.partitions import INDUCING_JITTER, _descending, grown_inverse
 from synalign_ray.selection.schedule import build_schedule
 from synalign_ray.selection.plan import DENSITY_BANDWIDTH, DENSITY_POWER, resolve_engine, state_bytes_needed
 from synalign_ray.selection.tracker import SelectionTracker
@@ -380,3 +380,21 @@ def test_a_shard_with_no_group_left_holds_no_block_of_h_back(agnews):
         assert len(tracker._blocks[0]) <= 1
     assert finished_early, "a shard ran out of groups while the other still had some"
     assert tracker.next_groups(1) == []
+
+
+@pytest.mark.parametrize("batch", [1, 3, 40])
+def test_grown_inverse_equals_the_inverse_of_the_grown_matrix(batch):
+    # Λ = I + Σ BᵀB over 240 blocks of 10 rows of h's scale, kept as Λ⁻¹ by Woodbury steps `batch` blocks at a
+    # time (a shard applies every other shard's blocks at once when asked): against inverting Λ itself
+    rng = np.random.default_rng(batch)
+    m = 64
+    lam, inverse = np.eye(m), np.eye(m)
+    blocks = [rng.normal(scale=0.3, size=(10, m)) for _ in range(240)]
+    for start in range(0, len(blocks), batch):
+        rows = np.concatenate(blocks[start:start + batch])
+        lam += rows.T @ rows
+        inverse = grown_inverse(inverse, rows)
+    reference = np.linalg.inv(lam)
+    assert np.abs(reference - np.eye(m)).max() > 0.9 and np.linalg.eigvalsh(lam).max() > 100  # far from where it began
+    np.testing.assert_allclose(inverse, reference, rtol=0, atol=1e-14)  # its entries are ≈ 5e-3 here
+    np.testing.assert_array_equal(inverse, inverse.T)
